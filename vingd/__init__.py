@@ -1,0 +1,22 @@
+"""vingd: natural-gradient variational inference for NumPyro.
+
+Guides hold natural parameters θ of exponential families; `NGD` (inside `numpyro.infer.SVI`) and
+`fit` (vingd's own engine) update them by θ ← θ + ρ ∇_μ ELBO.
+"""
+
+from vingd import families
+from vingd.guides import AutoNaturalMVN, AutoNaturalNormal
+from vingd.infer import FitResult, elbo, fit
+from vingd.optim import NGD, natural_gradient
+
+__all__ = [
+    "NGD",
+    "AutoNaturalMVN",
+    "AutoNaturalNormal",
+    "FitResult",
+    "elbo",
+    "families",
+    "fit",
+    "natural_gradient",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,76 @@
+"""Mean-field Gaussian: independent normals over every element of an array."""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpyro.distributions as dist
+
+from vingd.families.base import ExponentialFamily
+
+
+class DiagonalNormalNatural(NamedTuple):
+    """θ = (m/σ², −1/(2σ²)), elementwise."""
+
+    eta1: jax.Array
+    eta2: jax.Array
+
+
+class DiagonalNormalMean(NamedTuple):
+    """μ = E[(z, z²)] = (m, m² + σ²), elementwise."""
+
+    mu1: jax.Array
+    mu2: jax.Array
+
+
+class DiagonalNormal(ExponentialFamily):
+    """N(m, diag σ²) with T(z) = (z, z²); the event is the whole parameter array.
+
+    A(θ) = Σ −η₁²/(4η₂) − ½ log(−2η₂) + ½ log 2π.
+    """
+
+    natural_type = DiagonalNormalNatural
+    mean_type = DiagonalNormalMean
+
+    def log_partition(self, natural):
+        eta1, eta2 = natural
+        return jnp.sum(-(eta1**2) / (4 * eta2) - 0.5 * jnp.log(-2 * eta2) + 0.5 * math.log(2 * math.pi))
+
+    def sufficient_statistics(self, x):
+        return DiagonalNormalMean(x, x**2)
+
+    def natural_to_mean(self, natural):
+        loc, scale = self.loc_scale(natural)
+        return DiagonalNormalMean(loc, loc**2 + scale**2)
+
+    def mean_to_natural(self, mean):
+        var = mean.mu2 - mean.mu1**2
+        return DiagonalNormalNatural(mean.mu1 / var, -0.5 / var)
+
+    def sample(self, rng_key, natural, sample_shape=()):
+        loc, scale = self.loc_scale(natural)
+        eps = jax.random.normal(rng_key, tuple(sample_shape) + jnp.shape(loc), jnp.result_type(loc))
+        return loc + scale * eps
+
+    def is_valid(self, natural):
+        finite = jnp.all(jnp.isfinite(natural.eta1)) & jnp.all(jnp.isfinite(natural.eta2))
+        return finite & jnp.all(natural.eta2 < 0)
+
+    def to_numpyro(self, natural):
+        loc, scale = self.loc_scale(natural)
+        return dist.Normal(loc, scale).to_event(jnp.ndim(loc))
+
+    @staticmethod
+    def loc_scale(natural):
+        """(m, σ) from θ."""
+        precision = -2 * natural.eta2
+        return natural.eta1 / precision, jax.lax.rsqrt(precision)
+
+    @staticmethod
+    def from_loc_scale(loc, scale):
+        """θ from (m, σ)."""
+        precision = 1 / scale**2
+        return DiagonalNormalNatural(loc * precision, -0.5 * precision)

@@ -1,0 +1,101 @@
+"""Full-covariance Gaussian in natural parameters, computed through the Cholesky factor of Λ."""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import jax.scipy.linalg as jsl
+import numpyro.distributions as dist
+
+from vingd.families.base import ExponentialFamily
+
+
+class MultivariateNormalNatural(NamedTuple):
+    """θ = (Λm, −½Λ) with Λ the precision; only the symmetric part of `eta2` is used."""
+
+    eta1: jax.Array
+    eta2: jax.Array
+
+
+class MultivariateNormalMean(NamedTuple):
+    """μ = E[(z, zzᵀ)] = (m, Σ + mmᵀ)."""
+
+    mu1: jax.Array
+    mu2: jax.Array
+
+
+def _symmetric(a):
+    return 0.5 * (a + jnp.swapaxes(a, -1, -2))
+
+
+class MultivariateNormal(ExponentialFamily):
+    """N(m, Λ⁻¹) over a vector, T(z) = (z, zzᵀ).
+
+    With Λ = −2 sym(η₂) = LLᵀ: A(θ) = ½ η₁ᵀ Λ⁻¹ η₁ − Σ log Lᵢᵢ + (d/2) log 2π. Because
+    ⟨η₂, zzᵀ⟩ = ⟨sym η₂, zzᵀ⟩, A is the exact log partition for any square η₂, so ∇²A = Cov[T]
+    holds entrywise. No inverse is ever formed: solves go through L.
+    """
+
+    natural_type = MultivariateNormalNatural
+    mean_type = MultivariateNormalMean
+
+    def log_partition(self, natural):
+        chol = self.precision_cholesky(natural)
+        loc = jsl.cho_solve((chol, True), natural.eta1)
+        dim = natural.eta1.shape[-1]
+        return (
+            0.5 * jnp.dot(natural.eta1, loc)
+            - jnp.sum(jnp.log(jnp.diagonal(chol)))
+            + 0.5 * dim * math.log(2 * math.pi)
+        )
+
+    def sufficient_statistics(self, x):
+        return MultivariateNormalMean(x, jnp.outer(x, x))
+
+    def natural_to_mean(self, natural):
+        chol = self.precision_cholesky(natural)
+        loc = jsl.cho_solve((chol, True), natural.eta1)
+        cov = jsl.cho_solve((chol, True), jnp.eye(loc.shape[-1], dtype=loc.dtype))
+        return MultivariateNormalMean(loc, cov + jnp.outer(loc, loc))
+
+    def mean_to_natural(self, mean):
+        cov = _symmetric(mean.mu2) - jnp.outer(mean.mu1, mean.mu1)
+        cov_chol = (jnp.linalg.cholesky(cov), True)
+        precision = jsl.cho_solve(cov_chol, jnp.eye(cov.shape[-1], dtype=cov.dtype))
+        return MultivariateNormalNatural(jsl.cho_solve(cov_chol, mean.mu1), -0.5 * _symmetric(precision))
+
+    def sample(self, rng_key, natural, sample_shape=()):
+        chol = self.precision_cholesky(natural)
+        loc = jsl.cho_solve((chol, True), natural.eta1)
+        eps = jax.random.normal(rng_key, tuple(sample_shape) + loc.shape, loc.dtype)
+        # z = m + L⁻ᵀε has covariance L⁻ᵀL⁻¹ = Λ⁻¹.
+        return loc + jsl.solve_triangular(chol.T, eps[..., None], lower=False)[..., 0]
+
+    def is_valid(self, natural):
+        chol = self.precision_cholesky(natural)
+        finite = jnp.all(jnp.isfinite(natural.eta1)) & jnp.all(jnp.isfinite(chol))
+        return finite & jnp.all(jnp.diagonal(chol) > 0)
+
+    def to_numpyro(self, natural):
+        return dist.MultivariateNormal(self.loc(natural), precision_matrix=self.precision(natural))
+
+    @staticmethod
+    def precision(natural):
+        """Λ = −2 sym(η₂)."""
+        return -2 * _symmetric(natural.eta2)
+
+    def precision_cholesky(self, natural):
+        """Lower L with LLᵀ = Λ (NaN where Λ is not positive definite)."""
+        return jnp.linalg.cholesky(self.precision(natural))
+
+    def loc(self, natural):
+        """m = Λ⁻¹η₁."""
+        return jsl.cho_solve((self.precision_cholesky(natural), True), natural.eta1)
+
+    @staticmethod
+    def from_loc_precision(loc, precision):
+        """θ from (m, Λ)."""
+        return MultivariateNormalNatural(precision @ loc, -0.5 * precision)

@@ -1,0 +1,147 @@
+"""The natural-gradient update, kept in the domain, and the optimizer for `numpyro.infer.SVI`.
+
+The update on natural parameters θ with the ELBO gradient in mean parameters (the Bayesian
+learning rule; Khan & Lin 2017, Khan & Rue 2023):
+
+    θ ← θ + ρ ∇_μ ELBO = θ + ρ F(θ)⁻¹ ∇_θ ELBO.
+
+A step that would leave the natural domain (e.g. a precision that is not positive definite, or a
+non-finite value) is halved until it is valid, up to `max_backoffs` times, and otherwise rejected
+(θ is kept). Both events are counted; an invalid state is never returned.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from numpyro.optim import _NumPyroOptim
+
+from vingd.families import family_of, is_natural
+
+
+class StepInfo(NamedTuple):
+    """What the domain safeguard did in one update (summed over parameters)."""
+
+    num_backoffs: jax.Array  # halvings of ρ applied
+    num_rejected: jax.Array  # parameters left unchanged because no halving was valid
+
+
+def validate_step_size(step_size) -> None:
+    """Raise `ValueError` unless `step_size` is a finite positive number or a schedule."""
+    if callable(step_size):
+        return
+    if not isinstance(step_size, int | float) or not math.isfinite(step_size) or step_size <= 0:
+        raise ValueError(
+            f"step_size must be a finite number > 0 (or an optax schedule), got {step_size!r}. "
+            "Natural-gradient steps are in (0, 1]; 1 is a full Newton/CAVI step."
+        )
+
+
+def damped_step(family, natural, direction, step_size, max_backoffs: int = 10):
+    """θ + ρ·2⁻ᵏ·direction for the least k ≤ `max_backoffs` that `family.is_valid`, else θ.
+
+    Returns `(new_natural, StepInfo)`. jit-clean: the search is a `lax.while_loop`.
+    """
+
+    def candidate(k):
+        scale = step_size * 0.5**k
+        return jax.tree.map(lambda t, d: t + scale * d, natural, direction)
+
+    def searching(k):
+        return (k <= max_backoffs) & ~family.is_valid(candidate(k))
+
+    k = jax.lax.while_loop(searching, lambda k: k + 1, jnp.asarray(0))
+    accepted = k <= max_backoffs
+    new = jax.tree.map(lambda c, t: jnp.where(accepted, c, t), candidate(k), natural)
+    info = StepInfo(jnp.minimum(k, max_backoffs), (~accepted).astype(jnp.int32))
+    return new, info
+
+
+def _sum_infos(infos):
+    return StepInfo(*(sum(x) for x in zip(*infos, strict=True))) if infos else StepInfo(0, 0)
+
+
+class NaturalGradientState(NamedTuple):
+    count: jax.Array
+    num_backoffs: jax.Array  # running totals since init
+    num_rejected: jax.Array
+
+
+def natural_gradient(step_size=0.1, *, max_backoffs: int = 10) -> optax.GradientTransformation:
+    """An optax transformation doing natural-gradient descent on vingd guide parameters.
+
+    SVI hands it ∇_θ loss (loss = −ELBO) for each natural parameter θ; the update is
+    θ ← θ − ρ_t F(θ)⁻¹ ∇_θ loss, with F⁻¹∇_θ computed as ∇_μ by a vector–Jacobian product
+    through the family's mean→natural map, then kept valid by `damped_step`.
+
+    Args:
+        step_size: ρ in (0, 1], or an optax schedule `count -> ρ`.
+        max_backoffs: halvings of ρ tried before a step is rejected.
+    """
+    validate_step_size(step_size)
+    schedule = step_size if callable(step_size) else optax.constant_schedule(step_size)
+
+    def init(params):
+        others = [
+            jax.tree_util.keystr(path)
+            for path, leaf in jax.tree_util.tree_flatten_with_path(params, is_leaf=is_natural)[0]
+            if not is_natural(leaf)
+        ]
+        if others:
+            raise ValueError(
+                f"vingd.NGD updates only natural parameters of vingd guides, but got other "
+                f"parameters {others}. Use a vingd guide (AutoNaturalNormal, AutoNaturalMVN), or "
+                "give those parameters their own optimizer with optax.multi_transform."
+            )
+        zero = jnp.zeros((), jnp.int32)
+        return NaturalGradientState(zero, zero, zero)
+
+    def update(grads, state, params):
+        rho = schedule(state.count)
+        infos = []
+
+        def step(theta, grad):
+            family = family_of(theta)
+            direction = jax.tree.map(jnp.negative, family.natural_gradient(theta, grad))
+            new, info = damped_step(family, theta, direction, rho, max_backoffs)
+            infos.append(info)
+            return jax.tree.map(jnp.subtract, new, theta)
+
+        updates = jax.tree.map(step, params, grads, is_leaf=is_natural)
+        info = _sum_infos(infos)
+        return updates, NaturalGradientState(
+            state.count + 1, state.num_backoffs + info.num_backoffs, state.num_rejected + info.num_rejected
+        )
+
+    return optax.GradientTransformation(init, update)
+
+
+class NGD(_NumPyroOptim):
+    """Natural-gradient descent as a NumPyro optimizer: `SVI(model, guide, NGD(0.1), Trace_ELBO())`.
+
+    A thin wrapper of `natural_gradient` (the optax transformation, which `SVI` would also accept
+    as it is). `NGD.diagnostics(svi_state.optim_state)` reports backoffs and rejections.
+    """
+
+    def __init__(self, step_size=0.1, *, max_backoffs: int = 10):
+        self.transformation = natural_gradient(step_size, max_backoffs=max_backoffs)
+
+        def init_fn(params):
+            return params, self.transformation.init(params)
+
+        def update_fn(step, grads, state):
+            params, opt_state = state
+            updates, opt_state = self.transformation.update(grads, opt_state, params)
+            return optax.apply_updates(params, updates), opt_state
+
+        super().__init__(lambda *fns: fns, init_fn, update_fn, lambda state: state[0])
+
+    @staticmethod
+    def diagnostics(optim_state) -> StepInfo:
+        """Totals of backoffs and rejected steps so far, from `svi_state.optim_state`."""
+        _, (_, state) = optim_state
+        return StepInfo(state.num_backoffs, state.num_rejected)

@@ -1,0 +1,47 @@
+"""Checks of a model and its data, run before any fitting, with errors that name the site."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+from numpyro import handlers
+
+
+def trace_model(model, args, kwargs):
+    """One seeded forward run of `model`, hidden from any enclosing handler; its trace."""
+    with handlers.block():
+        return handlers.trace(handlers.seed(model, rng_seed=0)).get_trace(*args, **kwargs)
+
+
+def check_model(model, args, kwargs, guide_name: str) -> None:
+    """Raise `ValueError` for data or latents that natural-gradient Gaussian guides cannot fit.
+
+    - observed values that are NaN or infinite (the site is named);
+    - discrete latent sites (exponential families for discrete latents are issue "Exponential
+      families on their native supports");
+    - no latent sites at all.
+    """
+    trace = trace_model(model, args, kwargs)
+    for name, site in trace.items():
+        if site["type"] != "sample":
+            continue
+        if site["is_observed"]:
+            value = site["value"]
+            if not isinstance(value, jax.core.Tracer) and not np.all(np.isfinite(np.asarray(value))):
+                bad = int(np.size(value) - np.isfinite(np.asarray(value)).sum())
+                raise ValueError(
+                    f"Observed site {name!r} has {bad} NaN or infinite value(s). Drop or impute "
+                    "them before fitting (or mask them with numpyro.handlers.mask)."
+                )
+        elif site["fn"].support.is_discrete:
+            raise ValueError(
+                f"Latent site {name!r} is discrete ({type(site['fn']).__name__}, support "
+                f"{site['fn'].support}); {guide_name} fits continuous latents only. Marginalise it "
+                "out in the model (e.g. with numpyro.contrib.funsor enumeration), or wait for "
+                "vingd's discrete exponential families (Bernoulli/Categorical guides)."
+            )
+    if not any(s["type"] == "sample" and not s["is_observed"] for s in trace.values()):
+        raise ValueError(
+            f"The model has no latent sample sites, so there is nothing for {guide_name} to fit. "
+            "Check that the data are passed as `obs=` only where intended."
+        )
