@@ -70,7 +70,10 @@ def test_grad_log_partition_is_mean(family, seed, d):
 @given(seed=seeds, d=dims)
 def test_fisher_is_jacobian_of_mean_and_psd(family, seed, d):
     theta = random_natural(family, seed, d)
-    to_mean = lambda v: flat(family.natural_to_mean(unflat(theta, v)))
+
+    def to_mean(v):
+        return flat(family.natural_to_mean(unflat(theta, v)))
+
     jac = jax.jacfwd(to_mean)(flat(theta))
     hess = jax.hessian(lambda v: family.log_partition(unflat(theta, v)))(flat(theta))
     np.testing.assert_allclose(jac, hess, rtol=1e-7, atol=1e-8)
@@ -120,9 +123,13 @@ def test_monte_carlo_covariance_of_statistics_is_fisher(family):
 
 
 def test_invalid_natural_parameters_are_detected():
-    bad_precision = MultivariateNormalNatural(jnp.zeros(2), -0.5 * jnp.array([[1.0, 2.0], [2.0, 1.0]]))
+    bad_precision = MultivariateNormalNatural(
+        jnp.zeros(2), -0.5 * jnp.array([[1.0, 2.0], [2.0, 1.0]])
+    )
     assert not bool(MVN.is_valid(bad_precision))
-    assert not bool(MVN.is_valid(MultivariateNormalNatural(jnp.array([jnp.nan, 0.0]), -0.5 * jnp.eye(2))))
+    assert not bool(
+        MVN.is_valid(MultivariateNormalNatural(jnp.array([jnp.nan, 0.0]), -0.5 * jnp.eye(2)))
+    )
     assert not bool(DIAG.is_valid(DIAG.natural_type(jnp.zeros(2), jnp.array([-1.0, 0.5]))))
 
 

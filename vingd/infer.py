@@ -30,6 +30,7 @@ from vingd.guides import flat_view_of
 from vingd.optim import damped_step, validate_step_size
 from vingd.validation import check_model
 
+
 @dataclasses.dataclass(frozen=True)
 class FitConfig:
     num_steps: int
@@ -40,7 +41,7 @@ class FitConfig:
 
 @dataclasses.dataclass(frozen=True)
 class FitResult:
-    """What `fit` returns. `params` has the same format as `SVI`'s; `losses[t]` = −ELBO at step t."""
+    """What `fit` returns: `params` in `SVI`'s format, `losses[t]` = −ELBO at step t."""
 
     params: dict
     losses: np.ndarray
@@ -54,7 +55,12 @@ def _validate(num_steps, step_size, num_samples, max_backoffs):
     if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
         raise ValueError(f"num_steps must be an integer >= 1, got {num_steps!r}.")
     validate_step_size(step_size)
-    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 2 or num_samples % 2:
+    if (
+        isinstance(num_samples, bool)
+        or not isinstance(num_samples, int)
+        or num_samples < 2
+        or num_samples % 2
+    ):
         raise ValueError(
             f"num_samples must be an even integer >= 2 (draws come in antithetic pairs), got "
             f"{num_samples!r}."
@@ -87,7 +93,9 @@ def _run(natural, rng_key, arrays, *, model, guide, config, static):
         return -potential_energy(model, args, kwargs, guide.unpack_latent(z))
 
     schedule = (
-        config.step_size if callable(config.step_size) else optax.constant_schedule(config.step_size)
+        config.step_size
+        if callable(config.step_size)
+        else optax.constant_schedule(config.step_size)
     )
 
     def step(carry, t):
@@ -99,7 +107,9 @@ def _run(natural, rng_key, arrays, *, model, guide, config, static):
         natural, info = damped_step(family, natural, direction, schedule(t), config.max_backoffs)
         return (natural, key), (loss, info)
 
-    (natural, _), (losses, info) = jax.lax.scan(step, (natural, rng_key), jnp.arange(config.num_steps))
+    (natural, _), (losses, info) = jax.lax.scan(
+        step, (natural, rng_key), jnp.arange(config.num_steps)
+    )
     return natural, losses, info.num_backoffs.sum(), info.num_rejected.sum()
 
 
@@ -167,14 +177,18 @@ def fit(
         init_params = initial_params(guide, init_key, *args, **kwargs)
     natural = guide.flatten(init_params)
     if not bool(guide.flat_family.is_valid(natural)):
-        raise ValueError("init_params are not valid natural parameters (precision must be positive definite).")
+        raise ValueError(
+            "init_params are not valid natural parameters (precision must be positive definite)."
+        )
     arrays, static = _split_arrays((args, kwargs))
     config = FitConfig(num_steps, step_size, num_samples, max_backoffs)
     run, compile_seconds = _compiled_run(
         natural, run_key, arrays, model=model, guide=guide, config=config, static=static
     )
     start = time.perf_counter()
-    natural, losses, num_backoffs, num_rejected = jax.block_until_ready(run(natural, run_key, arrays))
+    natural, losses, num_backoffs, num_rejected = jax.block_until_ready(
+        run(natural, run_key, arrays)
+    )
     run_seconds = time.perf_counter() - start
     return FitResult(
         params=guide.unflatten(natural),
@@ -187,7 +201,7 @@ def fit(
 
 
 def elbo(model, guide, params, *args, rng_key=None, num_particles: int = 2000, **kwargs):
-    """ELBO of any guide's `params` by `num_particles` Monte Carlo draws, with its standard error."""
+    """ELBO of any guide's `params` from `num_particles` draws, and its standard error."""
     rng_key = jax.random.PRNGKey(1) if rng_key is None else rng_key
     keys = jax.random.split(rng_key, num_particles)
     loss = Trace_ELBO()

@@ -87,7 +87,7 @@ def natural_gradient(step_size=0.1, *, max_backoffs: int = 10) -> optax.Gradient
 
     def init(params):
         others = [
-            jax.tree_util.keystr(path)
+            "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
             for path, leaf in jax.tree_util.tree_flatten_with_path(params, is_leaf=is_natural)[0]
             if not is_natural(leaf)
         ]
@@ -114,7 +114,9 @@ def natural_gradient(step_size=0.1, *, max_backoffs: int = 10) -> optax.Gradient
         updates = jax.tree.map(step, params, grads, is_leaf=is_natural)
         info = _sum_infos(infos)
         return updates, NaturalGradientState(
-            state.count + 1, state.num_backoffs + info.num_backoffs, state.num_rejected + info.num_rejected
+            state.count + 1,
+            state.num_backoffs + info.num_backoffs,
+            state.num_rejected + info.num_rejected,
         )
 
     return optax.GradientTransformation(init, update)

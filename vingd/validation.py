@@ -27,7 +27,9 @@ def check_model(model, args, kwargs, guide_name: str) -> None:
             continue
         if site["is_observed"]:
             value = site["value"]
-            if not isinstance(value, jax.core.Tracer) and not np.all(np.isfinite(np.asarray(value))):
+            if not isinstance(value, jax.core.Tracer) and not np.all(
+                np.isfinite(np.asarray(value))
+            ):
                 bad = int(np.size(value) - np.isfinite(np.asarray(value)).sum())
                 raise ValueError(
                     f"Observed site {name!r} has {bad} NaN or infinite value(s). Drop or impute "

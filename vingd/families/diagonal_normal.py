@@ -37,7 +37,9 @@ class DiagonalNormal(ExponentialFamily):
 
     def log_partition(self, natural):
         eta1, eta2 = natural
-        return jnp.sum(-(eta1**2) / (4 * eta2) - 0.5 * jnp.log(-2 * eta2) + 0.5 * math.log(2 * math.pi))
+        return jnp.sum(
+            -(eta1**2) / (4 * eta2) - 0.5 * jnp.log(-2 * eta2) + 0.5 * math.log(2 * math.pi)
+        )
 
     def sufficient_statistics(self, x):
         return DiagonalNormalMean(x, x**2)

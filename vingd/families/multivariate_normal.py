@@ -65,7 +65,9 @@ class MultivariateNormal(ExponentialFamily):
         cov = _symmetric(mean.mu2) - jnp.outer(mean.mu1, mean.mu1)
         cov_chol = (jnp.linalg.cholesky(cov), True)
         precision = jsl.cho_solve(cov_chol, jnp.eye(cov.shape[-1], dtype=cov.dtype))
-        return MultivariateNormalNatural(jsl.cho_solve(cov_chol, mean.mu1), -0.5 * _symmetric(precision))
+        return MultivariateNormalNatural(
+            jsl.cho_solve(cov_chol, mean.mu1), -0.5 * _symmetric(precision)
+        )
 
     def sample(self, rng_key, natural, sample_shape=()):
         chol = self.precision_cholesky(natural)
