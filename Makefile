@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml scripts/find-python.sh
 	@touch $(STAMP)
 
 demo: setup
-	$(PY) -m vingd.demo
+	$(VENV)/bin/vingd compare breast_cancer_logistic
 
 test: setup
 	$(PY) -m pytest -q
