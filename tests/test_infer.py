@@ -7,7 +7,7 @@ import numpyro
 import numpyro.distributions as dist
 import optax
 from conftest import Conjugate, linear_regression
-from numpyro.infer import SVI, Trace_ELBO
+from numpyro.infer import SVI, Trace_ELBO, init_to_value
 from numpyro.infer.autoguide import AutoMultivariateNormal
 
 import models
@@ -50,6 +50,7 @@ def test_mean_field_reaches_mean_field_optimum(conjugate, rng_key):
         guide=guide,
         num_steps=300,
         step_size=0.5,
+        tol=None,
         rng_key=rng_key,
     )
     q = guide.quantiles(result.params, [0.5, 0.8413447460685429])
@@ -76,17 +77,18 @@ def test_logistic_regression_beats_long_adam_run(rng_key):
     example = models.get("breast_cancer_logistic")
     args, _ = example.load()
     guide = vingd.AutoNaturalMVN(example.model)
-    result = vingd.fit(example.model, *args, guide=guide, num_steps=60, rng_key=rng_key)
+    result = vingd.fit(example.model, *args, guide=guide, rng_key=rng_key)
+    assert result.converged and result.averaged and result.num_steps <= 100
     ours, ours_se = vingd.elbo(example.model, guide, result.params, *args, num_particles=2000)
 
     adam_guide = AutoMultivariateNormal(example.model)
     svi = SVI(example.model, adam_guide, optax.adam(1e-2), Trace_ELBO())
-    adam = svi.run(rng_key, 6000, *args, progress_bar=False)  # 100x the steps
+    adam = svi.run(rng_key, 100 * result.num_steps, *args, progress_bar=False)
     theirs, theirs_se = vingd.elbo(
         example.model, adam_guide, adam.params, *args, num_particles=2000
     )
     assert ours > theirs - 2 * np.hypot(ours_se, theirs_se), (ours, theirs)
-    assert np.all(np.isfinite(result.losses)) and result.losses.shape == (60,)
+    assert np.all(np.isfinite(result.losses)) and result.losses.shape == (result.num_steps,)
     assert result.losses[-10:].mean() < result.losses[0]
 
 
@@ -108,17 +110,27 @@ def improper_convex(x=None):
     numpyro.factor("convex", 0.6 * jnp.sum(z**2))  # log joint +0.1 z²: E[−∇²f] is negative
 
 
-def test_indefinite_precision_step_is_damped_and_counted(rng_key):
+def test_indefinite_precision_step_is_corrected_and_counted(rng_key):
     guide = vingd.AutoNaturalMVN(improper_convex)
     result = vingd.fit(improper_convex, guide=guide, num_steps=5, step_size=1.0, rng_key=rng_key)
-    assert result.num_backoffs >= 5  # ρ = 1 would give precision −0.2·I at every step
+    assert result.num_corrected == 5  # ρ = 1 would give precision −0.2·I at every step
     natural = guide.flatten(result.params)
     assert bool(guide.family.is_valid(natural))
     assert np.all(np.linalg.eigvalsh(guide.family.precision(natural)) > 0)
 
-    rejecting = vingd.fit(
-        improper_convex, guide=guide, num_steps=5, step_size=1.0, max_backoffs=0, rng_key=rng_key
+
+def nan_density(x=None):
+    z = numpyro.sample("z", dist.Normal(0.0, 1.0))
+    # finite at the start point z = 0, NaN (with NaN gradients) everywhere else
+    numpyro.factor("broken", jnp.sqrt(jnp.where(z == 0.0, 1.0, -jnp.abs(z))) - 1.0)
+
+
+def test_non_finite_steps_are_rejected_and_params_stay_valid(rng_key):
+    guide = vingd.AutoNaturalNormal(nan_density, init_loc_fn=init_to_value(values={"z": 0.0}))
+    result = vingd.fit(nan_density, guide=guide, num_steps=4, step_size=0.5, rng_key=rng_key)
+    assert result.num_rejected == 4
+    start = vingd.infer.initial_params(guide, jax.random.split(rng_key)[0])
+    np.testing.assert_array_equal(
+        result.params["z_auto_natural"].eta2, start["z_auto_natural"].eta2
     )
-    assert rejecting.num_rejected == 5
-    start = guide.flatten(vingd.infer.initial_params(guide, jax.random.split(rng_key)[0]))
-    np.testing.assert_array_equal(guide.flatten(rejecting.params).eta2, start.eta2)
+    assert bool(guide.family.is_valid(result.params["z_auto_natural"]))

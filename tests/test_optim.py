@@ -51,20 +51,36 @@ def test_step_equals_explicit_fisher_solve(family):
     np.testing.assert_allclose(jax.flatten_util.ravel_pytree(new)[0], slow, rtol=1e-8, atol=1e-10)
 
 
-def test_damped_step_halves_until_valid_and_rejects_otherwise():
-    family = MultivariateNormal()
-    theta = family.from_loc_precision(jnp.zeros(2), jnp.eye(2))
-    # Direction that lowers the precision by 3·I at ρ = 1: invalid at ρ = 1 and 1/2, valid at 1/4.
-    direction = family.natural_type(jnp.zeros(2), 1.5 * jnp.eye(2))
-    new, info = damped_step(family, theta, direction, 1.0, max_backoffs=10)
-    assert int(info.num_backoffs) == 2 and int(info.num_rejected) == 0
-    np.testing.assert_allclose(family.precision(new), 0.25 * jnp.eye(2))
-    nan_direction = family.natural_type(jnp.array([jnp.nan, 0.0]), jnp.zeros((2, 2)))
+@pytest.mark.parametrize(
+    "family", [DiagonalNormal(), MultivariateNormal()], ids=["diagonal", "full"]
+)
+def test_invalid_step_is_corrected_by_iblr_and_nan_is_rejected(family):
+    d = 2
+    if isinstance(family, DiagonalNormal):
+        theta = family.from_loc_scale(jnp.ones(d), jnp.ones(d))
+        direction = family.natural_type(jnp.zeros(d), 1.5 * jnp.ones(d))  # ΔΛ = −3
+        precision = lambda t: jnp.diag(-2 * t.eta2)  # noqa: E731
+    else:
+        theta = family.from_loc_precision(jnp.ones(d), jnp.eye(d))
+        direction = family.natural_type(jnp.zeros(d), 1.5 * jnp.eye(d))
+        precision = family.precision
+    # The plain step gives Λ = −2I; iBLR gives S + G + ½GS⁻¹G = I − 3I + 4.5I = 2.5I.
+    new, info = damped_step(family, theta, direction, 1.0)
+    assert (int(info.num_corrected), int(info.num_backoffs), int(info.num_rejected)) == (1, 0, 0)
+    np.testing.assert_allclose(precision(new), 2.5 * jnp.eye(d), rtol=1e-12)
+    # ĝ = direction₁ − G·m = 3·m, so m' = m + S'⁻¹ĝ = m + 3m/2.5
+    loc = family.natural_to_mean(new)[0]
+    np.testing.assert_allclose(loc, jnp.ones(d) * (1 + 3 / 2.5), rtol=1e-12)
+    # A valid plain step is taken as it is.
+    small, info = damped_step(family, theta, direction, 0.1)
+    assert int(info.num_corrected) == 0
+    np.testing.assert_allclose(precision(small), 0.7 * jnp.eye(d), rtol=1e-12)
+    # A non-finite direction cannot be repaired: halved to the limit, then rejected (θ kept).
+    nan_direction = jax.tree.map(lambda x: x.at[0].set(jnp.nan), direction)
     kept, info = damped_step(family, theta, nan_direction, 1.0, max_backoffs=3)
-    assert int(info.num_rejected) == 1
-    np.testing.assert_array_equal(
-        jax.flatten_util.ravel_pytree(kept)[0], jax.flatten_util.ravel_pytree(theta)[0]
-    )
+    assert (int(info.num_backoffs), int(info.num_rejected)) == (3, 1)
+    flat = jax.flatten_util.ravel_pytree
+    np.testing.assert_array_equal(flat(kept)[0], flat(theta)[0])
 
 
 @pytest.mark.parametrize("guide_class", [vingd.AutoNaturalNormal, vingd.AutoNaturalMVN])

@@ -4,9 +4,18 @@ By Bonnet's and Price's theorems, for T(z) = (z, zzᵀ) and mean m,
 
     ∇_{μ₁} E_q[f] = E_q[∇f] − E_q[∇²f] m,      ∇_{μ₂} E_q[f] = ½ E_q[∇²f]
 
-(Opper & Archambeau 2009; Khan et al. 2018, eq. 5). Draws come in antithetic pairs m ± δ, so
-both expectations are exact whenever f is quadratic (∇f linear, ∇²f constant): one step with
-ρ = 1 then lands on the exact Gaussian posterior.
+(Opper & Archambeau 2009; Khan et al. 2018, eq. 5), so an estimator needs E[∇f] and a curvature
+estimate E[∇²f] (the diagonal for a mean-field q). They differ in how they get the curvature:
+
+| name      | curvature from                               | cost per draw   | quadratic f |
+|-----------|----------------------------------------------|-----------------|-------------|
+| "hessian" | exact Hessian (Price)                        | d grad. passes  | exact       |
+| "hvp"     | Hutchinson v ∘ (∇²f v), Rademacher v (diag)  | 2 grad. passes  | unbiased    |
+| "stein"   | Σ⁻¹(z − m)∇f(z)ᵀ, symmetrised (IVON's)       | 1 grad. pass    | unbiased    |
+| "reparam" | autodiff in μ of a reparameterised E_q[f]    | 1 grad. pass    | unbiased    |
+
+Draws come in antithetic pairs m ± δ, so E[∇f] is exact for quadratic f, and with "hessian"
+one step with ρ = 1 lands on the exact Gaussian posterior of a conjugate model.
 """
 
 from __future__ import annotations
@@ -27,32 +36,96 @@ class Estimate(NamedTuple):
 
 
 def antithetic_draws(rng_key, family, natural, num_samples: int):
-    """`num_samples` draws from q as pairs m ± (z − m)."""
+    """`num_samples` draws from q as pairs m ± (z − m); the same key gives the same noise."""
     loc = family.natural_to_mean(natural)[0]
     half = family.sample(rng_key, natural, (num_samples // 2,))
     return jnp.concatenate([half, 2 * loc - half])
 
 
-def price_hessian(log_joint, family, natural, rng_key, num_samples: int = 8) -> Estimate:
-    """Bonnet/Price estimate of ∇_μ E_q[f] with exact Hessians (small latent dimension).
+def _diagonal(family) -> bool:
+    if isinstance(family, DiagonalNormal):
+        return True
+    if isinstance(family, MultivariateNormal):
+        return False
+    raise TypeError(f"vingd's estimators need a Gaussian family, got {family!r}.")
 
-    Args:
-        log_joint: f, a scalar function of the flat unconstrained latent vector.
-        family: `DiagonalNormal` (uses diag ∇²f) or `MultivariateNormal`.
-        natural: θ of q over the flat latent.
-        num_samples: an even number of draws (antithetic pairs).
-    """
+
+def _bonnet_price(family, natural, grad, hess) -> object:
+    """(E[∇f] − E[∇²f] m, ½ E[∇²f]) from the two expectations (diagonal or full `hess`)."""
+    loc = family.natural_to_mean(natural)[0]
+    if jnp.ndim(hess) == 1:
+        return family.natural_type(grad - hess * loc, 0.5 * hess)
+    hess = 0.5 * (hess + hess.T)
+    return family.natural_type(grad - hess @ loc, 0.5 * hess)
+
+
+def price_hessian(log_joint, family, natural, rng_key, num_samples: int = 8) -> Estimate:
+    """Exact Hessians at each draw (small latent dimension)."""
     z = antithetic_draws(rng_key, family, natural, num_samples)
     values, grads = jax.vmap(jax.value_and_grad(log_joint))(z)
-    hessians = jax.vmap(jax.hessian(log_joint))(z)
-    grad, hess = grads.mean(0), hessians.mean(0)
-    loc = family.natural_to_mean(natural)[0]
-    if isinstance(family, DiagonalNormal):
+    hess = jax.vmap(jax.hessian(log_joint))(z).mean(0)
+    if _diagonal(family):
         hess = jnp.diagonal(hess)
-        grad_mean = family.natural_type(grad - hess * loc, 0.5 * hess)
-    elif isinstance(family, MultivariateNormal):
-        hess = 0.5 * (hess + hess.T)
-        grad_mean = family.natural_type(grad - hess @ loc, 0.5 * hess)
+    return Estimate(_bonnet_price(family, natural, grads.mean(0), hess), values.mean())
+
+
+def hutchinson_hvp(log_joint, family, natural, rng_key, num_samples: int = 8) -> Estimate:
+    """Diagonal curvature E[v ∘ ∇²f v] from one Hessian–vector product per draw: O(d) memory."""
+    if not _diagonal(family):
+        raise ValueError(
+            'The "hvp" estimator gives a diagonal curvature: use it with AutoNaturalNormal.'
+        )
+    draw_key, probe_key = jax.random.split(rng_key)
+    z = antithetic_draws(draw_key, family, natural, num_samples)
+    probes = jax.random.rademacher(probe_key, z.shape, z.dtype)
+
+    def one(zi, v):
+        value, grad = jax.value_and_grad(log_joint)(zi)
+        _, hv = jax.jvp(jax.grad(log_joint), (zi,), (v,))
+        return value, grad, v * hv
+
+    values, grads, diags = jax.vmap(one)(z, probes)
+    return Estimate(_bonnet_price(family, natural, grads.mean(0), diags.mean(0)), values.mean())
+
+
+def stein(log_joint, family, natural, rng_key, num_samples: int = 8) -> Estimate:
+    """Gradient-only curvature E[Σ⁻¹(z − m)∇f(z)ᵀ] (Stein's lemma; IVON), symmetrised."""
+    z = antithetic_draws(rng_key, family, natural, num_samples)
+    values, grads = jax.vmap(jax.value_and_grad(log_joint))(z)
+    loc = family.natural_to_mean(natural)[0]
+    if _diagonal(family):
+        whitened = (z - loc) * (-2 * natural.eta2)
+        hess = (whitened * grads).mean(0)
     else:
-        raise TypeError(f"price_hessian needs a Gaussian family, got {family!r}.")
-    return Estimate(grad_mean, values.mean())
+        whitened = (z - loc) @ family.precision(natural)
+        hess = whitened.T @ grads / z.shape[0]
+    return Estimate(_bonnet_price(family, natural, grads.mean(0), hess), values.mean())
+
+
+def reparam(log_joint, family, natural, rng_key, num_samples: int = 8) -> Estimate:
+    """Autodiff of the reparameterised E_q[f] with respect to μ (first order; the noisiest)."""
+
+    def expected(mean):
+        z = antithetic_draws(rng_key, family, family.mean_to_natural(mean), num_samples)
+        return jax.vmap(log_joint)(z).mean()
+
+    value, grad = jax.value_and_grad(expected)(family.natural_to_mean(natural))
+    return Estimate(family.natural_type(*grad), value)
+
+
+ESTIMATORS = {"hessian": price_hessian, "hvp": hutchinson_hvp, "stein": stein, "reparam": reparam}
+
+
+def default_estimator(family, dim: int) -> str:
+    """Exact Hessians while they are cheap; then O(d)-memory curvature."""
+    if _diagonal(family):
+        return "hessian" if dim <= 100 else "hvp"
+    return "hessian" if dim <= 200 else "stein"
+
+
+def get_estimator(name: str):
+    """The estimator called `name`, or a `ValueError` listing the choices."""
+    try:
+        return ESTIMATORS[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"estimator must be one of {sorted(ESTIMATORS)}, got {name!r}.") from None

@@ -44,6 +44,8 @@ class AutoNaturalNormal(AutoNormal):
     #: `vingd.fit`'s default ρ. Lower than the full Gaussian's: the diagonal Newton step on the
     #: mean is a damped Jacobi iteration, which diverges on correlated posteriors when ρ is large.
     default_step_size = 0.2
+    #: `vingd.fit`'s default heavy-ball momentum.
+    default_momentum = 0.0
 
     def __init__(self, model, *, prefix="auto", init_loc_fn=init_to_median, init_scale=0.1):
         _validate_init_scale(init_scale)
@@ -138,6 +140,7 @@ class AutoNaturalMVN(AutoContinuous):
     family = MultivariateNormal()
     #: `vingd.fit`'s default ρ: a damped Newton step, stable under Monte Carlo noise.
     default_step_size = 0.5
+    default_momentum = 0.0
 
     def __init__(self, model, *, prefix="auto", init_loc_fn=init_to_median, init_scale=0.1):
         _validate_init_scale(init_scale)

@@ -1,12 +1,26 @@
-"""vingd's own engine: natural-gradient VI on pure state, one compiled `lax.scan`.
+"""vingd's own engine: natural-gradient VI on pure state, one compiled step chunk.
 
 Each step, on the guide's family over the flat unconstrained latent vector,
 
     θ_{t+1} = θ_t + ρ_t ∇_μ ELBO = (1 − ρ_t) θ_t + ρ_t ∇_μ E_q[log p(y, z)]
 
-(∇_μ H[q] = −θ for these families), with ∇_μ E_q[log p] from `estimators.price_hessian`. For a
-Gaussian this is variational online Newton: Λ ← (1−ρ)Λ + ρ E[−∇²f], m ← m + ρ Λ⁻¹ E[∇f]
-(Khan et al. 2018). Steps that leave the domain are halved or rejected (`optim.damped_step`).
+(∇_μ H[q] = −θ for these families), with ∇_μ E_q[log p] from an estimator in
+`vingd.estimators`. For a Gaussian with exact Hessians this is variational online Newton:
+Λ ← (1−ρ)Λ + ρ E[−∇²f], m ← m + ρ Λ⁻¹ E[∇f] (Khan et al. 2018). Around it:
+
+- domain: steps leaving the domain are corrected (iBLR), halved or rejected (`optim.damped_step`);
+- adaptive ρ (default): a step is kept only if the ELBO, estimated with the same draws before
+  and after (common random numbers), does not drop; ρ then grows ×1.5 (to 1), else halves;
+- momentum (heavy ball, β): θ_{t+1} = θ_t + ρ d_t + β(θ_t − θ_{t−1}), restarted on a drop (as
+  in adaptive-restart acceleration), for the mean-field guide's Jacobi-like crawl;
+- stopping: after each chunk of `window` steps, stop when the mean loss improved less than
+  max(`tol`·|loss|, 2 standard errors) since the previous chunk; then return the average of θ
+  over that last chunk (Polyak averaging in natural parameters), which removes most of the
+  Monte Carlo jitter of the last iterate;
+- minibatches: the model is re-seeded each step, so `numpyro.plate(..., subsample_size=B)` draws
+  a fresh minibatch and scales its log likelihood by N/B: unbiased natural-gradient steps.
+
+The chunk runs under `lax.scan` and is compiled once per model, guide, settings and shapes.
 """
 
 from __future__ import annotations
@@ -15,7 +29,7 @@ import collections
 import dataclasses
 import math
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -24,49 +38,88 @@ import optax
 from numpyro import handlers
 from numpyro.infer import Trace_ELBO
 from numpyro.infer.util import potential_energy
+from tqdm.auto import tqdm
 
-from vingd.estimators import price_hessian
+from vingd.estimators import antithetic_draws, default_estimator, get_estimator
 from vingd.guides import flat_view_of
-from vingd.optim import damped_step, validate_step_size
+from vingd.optim import StepInfo, damped_step, validate_step_size
 from vingd.validation import check_model
+
+GROW, SHRINK, MIN_STEP_SIZE = 1.5, 0.5, 1e-4
 
 
 @dataclasses.dataclass(frozen=True)
 class FitConfig:
-    num_steps: int
-    step_size: Any  # float or optax schedule
+    """The static settings of a fit (hashed into the compile cache)."""
+
+    chunk: int
+    step_size: Any  # float, optax schedule, or None (adaptive)
+    estimator: str
     num_samples: int
+    momentum: float
     max_backoffs: int
+
+
+class FitState(NamedTuple):
+    """What one step carries to the next."""
+
+    natural: Any  # θ over the flat latent
+    velocity: Any  # θ_t − θ_{t−1} (heavy ball)
+    step_size: jax.Array  # ρ (the adaptive one; ignored for fixed schedules)
+    count: jax.Array
+    rng_key: jax.Array
+
+
+class StepStats(NamedTuple):
+    """Per-step diagnostics."""
+
+    loss: jax.Array  # −ELBO estimate at θ_t
+    step_size: jax.Array
+    accepted: jax.Array  # False where the ELBO check declined the step
+    info: StepInfo
 
 
 @dataclasses.dataclass(frozen=True)
 class FitResult:
-    """What `fit` returns: `params` in `SVI`'s format, `losses[t]` = −ELBO at step t."""
+    """What `fit` returns: `params` in `SVI`'s format, `losses[t]` = −ELBO estimate at step t."""
 
     params: dict
-    losses: np.ndarray
+    losses: np.ndarray  # only the steps taken
+    step_sizes: np.ndarray
+    num_steps: int
+    converged: bool
+    averaged: bool  # params are the Polyak average over the last window
+    num_declined: int  # steps the ELBO check declined (adaptive ρ)
+    num_corrected: int  # steps needing the iBLR correction to stay in the domain
     num_backoffs: int
-    num_rejected: int
-    compile_seconds: float  # 0.0 when the compiled step was reused
+    num_rejected: int  # steps with no valid halving (e.g. non-finite log density)
+    estimator: str
+    compile_seconds: float  # 0.0 when the compiled chunk was reused
     run_seconds: float
 
 
-def _validate(num_steps, step_size, num_samples, max_backoffs):
-    if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _validate(num_steps, step_size, num_samples, max_backoffs, momentum, window, tol):
+    if not _is_int(num_steps) or num_steps < 1:
         raise ValueError(f"num_steps must be an integer >= 1, got {num_steps!r}.")
-    validate_step_size(step_size)
-    if (
-        isinstance(num_samples, bool)
-        or not isinstance(num_samples, int)
-        or num_samples < 2
-        or num_samples % 2
-    ):
+    if step_size is not None:
+        validate_step_size(step_size)
+    if not _is_int(num_samples) or num_samples < 2 or num_samples % 2:
         raise ValueError(
             f"num_samples must be an even integer >= 2 (draws come in antithetic pairs), got "
             f"{num_samples!r}."
         )
-    if not isinstance(max_backoffs, int) or max_backoffs < 0:
+    if not _is_int(max_backoffs) or max_backoffs < 0:
         raise ValueError(f"max_backoffs must be an integer >= 0, got {max_backoffs!r}.")
+    if not isinstance(momentum, int | float) or not 0 <= momentum < 1:
+        raise ValueError(f"momentum must be a number in [0, 1), got {momentum!r}.")
+    if not _is_int(window) or window < 2:
+        raise ValueError(f"window must be an integer >= 2, got {window!r}.")
+    if tol is not None and (not isinstance(tol, int | float) or not tol >= 0):
+        raise ValueError(f"tol must be a number >= 0, or None to run all num_steps; got {tol!r}.")
 
 
 def _split_arrays(tree):
@@ -84,50 +137,85 @@ def _merge_arrays(arrays, static):
     return jax.tree.unflatten(treedef, [next(it) if x is None else x for x in leaves])
 
 
-def _run(natural, rng_key, arrays, *, model, guide, config, static):
-    """`config.num_steps` natural-gradient steps under `lax.scan`."""
+def _tree_where(cond, a, b):
+    return jax.tree.map(lambda x, y: jnp.where(cond, x, y), a, b)
+
+
+def _run_chunk(state, arrays, cap, *, model, guide, config, static):
+    """`config.chunk` steps under `lax.scan`; steps at or past `cap` leave the state alone."""
     args, kwargs = _merge_arrays(arrays, static)
     family = guide.flat_family
-
-    def log_joint(z):
-        return -potential_energy(model, args, kwargs, guide.unpack_latent(z))
-
+    estimator = get_estimator(config.estimator)
+    adaptive = config.step_size is None
     schedule = (
         config.step_size
-        if callable(config.step_size)
+        if callable(config.step_size) or adaptive
         else optax.constant_schedule(config.step_size)
     )
 
-    def step(carry, t):
-        natural, key = carry
-        key, draw_key = jax.random.split(key)
-        estimate = price_hessian(log_joint, family, natural, draw_key, config.num_samples)
-        loss = -(estimate.expected_log_joint + family.entropy(natural))
-        direction = jax.tree.map(jnp.subtract, estimate.grad_mean, natural)
-        natural, info = damped_step(family, natural, direction, schedule(t), config.max_backoffs)
-        return (natural, key), (loss, info)
+    def step(state, _):
+        key, draw_key, model_key = jax.random.split(state.rng_key, 3)
+        seeded = handlers.seed(model, model_key)  # one minibatch per step, if the model subsamples
 
-    (natural, _), (losses, info) = jax.lax.scan(
-        step, (natural, rng_key), jnp.arange(config.num_steps)
-    )
-    return natural, losses, info.num_backoffs.sum(), info.num_rejected.sum()
+        def log_joint(z):
+            return -potential_energy(seeded, args, kwargs, guide.unpack_latent(z))
+
+        def elbo(natural, estimate_log_joint):
+            return estimate_log_joint + family.entropy(natural)
+
+        natural = state.natural
+        estimate = estimator(log_joint, family, natural, draw_key, config.num_samples)
+        before = elbo(natural, estimate.expected_log_joint)
+        rho = state.step_size if adaptive else schedule(state.count)
+        direction = jax.tree.map(
+            lambda g, t, v: rho * (g - t) + config.momentum * v,
+            estimate.grad_mean,
+            natural,
+            state.velocity,
+        )
+        new, info = damped_step(family, natural, direction, 1.0, config.max_backoffs)
+        if adaptive:
+            draws = antithetic_draws(draw_key, family, new, config.num_samples)
+            after = elbo(new, jax.vmap(log_joint)(draws).mean())
+            accepted = after >= before
+            rho_next = jnp.where(
+                accepted, jnp.minimum(GROW * rho, 1.0), jnp.maximum(SHRINK * rho, MIN_STEP_SIZE)
+            )
+        else:
+            accepted, rho_next = jnp.asarray(True), rho
+        active = state.count < cap
+        keep = active & accepted
+        velocity = jax.tree.map(lambda n, t: n - t, new, natural)
+        next_state = FitState(
+            natural=_tree_where(keep, new, natural),
+            velocity=_tree_where(keep, velocity, jax.tree.map(jnp.zeros_like, velocity)),
+            step_size=jnp.where(active, rho_next, state.step_size),
+            count=state.count + active,
+            rng_key=key,
+        )
+        return next_state, (StepStats(-before, rho, accepted, info), next_state.natural, active)
+
+    state, (stats, naturals, active) = jax.lax.scan(step, state, length=config.chunk)
+    # the mean of θ over the chunk's active steps: Polyak averaging in natural parameters
+    weights = active / jnp.maximum(active.sum(), 1)
+    average = jax.tree.map(lambda x: jnp.tensordot(weights, x, axes=1), naturals)
+    return state, stats, average
 
 
 _COMPILED: collections.OrderedDict = collections.OrderedDict()
 _CACHE_SIZE = 32
 
 
-def _compiled_run(natural, rng_key, arrays, **static):
-    """The compiled `_run` for these static settings and input shapes, and its compile seconds."""
-    shapes = tuple((jnp.shape(x), jnp.result_type(x)) for x in jax.tree.leaves((natural, arrays)))
-    key = (tuple(sorted(static.items(), key=lambda kv: kv[0])), shapes, jax.tree.structure(natural))
-    try:
+def _compiled_chunk(state, arrays, cap, **static):
+    """The compiled `_run_chunk` for these static settings and shapes, and its compile seconds."""
+    shapes = tuple((jnp.shape(x), jnp.result_type(x)) for x in jax.tree.leaves((state, arrays)))
+    key = (tuple(sorted(static.items(), key=lambda kv: kv[0])), shapes, jax.tree.structure(state))
+    if key in _COMPILED:
         _COMPILED.move_to_end(key)
         return _COMPILED[key], 0.0
-    except KeyError:
-        pass
     start = time.perf_counter()
-    compiled = jax.jit(lambda *a: _run(*a, **static)).lower(natural, rng_key, arrays).compile()
+    fn = jax.jit(lambda *a: _run_chunk(*a, **static))
+    compiled = fn.lower(state, arrays, cap).compile()
     seconds = time.perf_counter() - start
     _COMPILED[key] = compiled
     while len(_COMPILED) > _CACHE_SIZE:
@@ -141,16 +229,28 @@ def initial_params(guide, rng_key, *args, **kwargs) -> dict:
     return {name: site["value"] for name, site in trace.items() if site["type"] == "param"}
 
 
+def converged(previous: np.ndarray, last: np.ndarray, tol: float) -> bool:
+    """Whether the mean loss improved by less than max(tol·|loss|, 2 standard errors)."""
+    improvement = previous.mean() - last.mean()
+    se = math.sqrt(previous.var(ddof=1) / previous.size + last.var(ddof=1) / last.size)
+    return bool(improvement < max(tol * abs(last.mean()), 2 * se))
+
+
 def fit(
     model,
     *args,
     guide,
-    num_steps: int = 100,
+    num_steps: int = 1000,
     step_size=None,
+    estimator: str | None = None,
     num_samples: int = 8,
+    momentum: float | None = None,
+    tol: float | None = 1e-4,
+    window: int = 25,
     rng_key=None,
     init_params: dict | None = None,
     max_backoffs: int = 10,
+    progress_bar: bool | None = None,
     **kwargs,
 ) -> FitResult:
     """Fit `guide` to `model(*args, **kwargs)` by natural-gradient VI.
@@ -158,43 +258,89 @@ def fit(
     Args:
         model: a NumPyro model.
         guide: `AutoNaturalNormal` or `AutoNaturalMVN` of `model`.
-        num_steps: number of steps (all taken; each step costs `num_samples` Hessians).
-        step_size: ρ in (0, 1] or an optax schedule; default `guide.default_step_size` (0.5 for
-            AutoNaturalMVN, 0.2 for AutoNaturalNormal). ρ = 1 solves a conjugate Gaussian model
-            in one step; under Monte Carlo noise on other models ρ < 1 keeps the fit stable.
+        num_steps: the most steps to take.
+        step_size: None (default) for adaptive ρ, starting at `guide.default_step_size`; or a
+            fixed ρ in (0, 1], or an optax schedule `step -> ρ`. ρ = 1 with the "hessian"
+            estimator solves a conjugate Gaussian model in one step.
+        estimator: "hessian", "hvp", "stein" or "reparam" (see `vingd.estimators`); default
+            "hessian" for small latent dimension, else "hvp" (mean-field) or "stein" (full).
         num_samples: even number of antithetic draws per step.
+        momentum: heavy-ball β in [0, 1); default `guide.default_momentum`.
+        tol: stop once a window's mean loss improves by less than max(tol·|loss|, 2 s.e.);
+            None runs all `num_steps` and returns the last iterate.
+        window: steps per chunk (convergence check and Polyak averaging).
         rng_key: a `jax.random` key (default `PRNGKey(0)`).
         init_params: parameters to start from (e.g. a previous fit's), else the guide's init.
-        max_backoffs: halvings of ρ tried before a step that leaves the domain is rejected.
+        max_backoffs: halvings of a step tried before it is rejected.
+        progress_bar: show a tqdm bar for fits of more than one window; None shows it only
+            on a terminal.
     """
     guide = flat_view_of(guide)
-    step_size = guide.default_step_size if step_size is None else step_size
-    _validate(num_steps, step_size, num_samples, max_backoffs)
+    momentum = guide.default_momentum if momentum is None else momentum
+    _validate(num_steps, step_size, num_samples, max_backoffs, momentum, window, tol)
     check_model(model, args, kwargs, type(guide).__name__)
     rng_key = jax.random.PRNGKey(0) if rng_key is None else rng_key
     init_key, run_key = jax.random.split(rng_key)
     if init_params is None:
         init_params = initial_params(guide, init_key, *args, **kwargs)
     natural = guide.flatten(init_params)
-    if not bool(guide.flat_family.is_valid(natural)):
-        raise ValueError(
-            "init_params are not valid natural parameters (precision must be positive definite)."
-        )
+    family = guide.flat_family
+    if not bool(family.is_valid(natural)):
+        raise ValueError("init_params are not valid natural parameters (precision must be > 0).")
+    dim = int(jnp.size(natural.eta1))
+    estimator = default_estimator(family, dim) if estimator is None else estimator
+    get_estimator(estimator)  # validates the name
+
+    rho0 = guide.default_step_size if step_size is None else 1.0
+    dtype = jnp.result_type(natural.eta1)
+    state = FitState(
+        natural,
+        jax.tree.map(jnp.zeros_like, natural),
+        jnp.asarray(rho0, dtype),
+        jnp.asarray(0, jnp.int32),
+        run_key,
+    )
     arrays, static = _split_arrays((args, kwargs))
-    config = FitConfig(num_steps, step_size, num_samples, max_backoffs)
-    run, compile_seconds = _compiled_run(
-        natural, run_key, arrays, model=model, guide=guide, config=config, static=static
+    config = FitConfig(
+        min(window, num_steps), step_size, estimator, num_samples, momentum, max_backoffs
     )
+    cap = jnp.asarray(num_steps, jnp.int32)
+    run, compile_seconds = _compiled_chunk(
+        state, arrays, cap, model=model, guide=guide, config=config, static=static
+    )
+
+    chunks, done = [], False
     start = time.perf_counter()
-    natural, losses, num_backoffs, num_rejected = jax.block_until_ready(
-        run(natural, run_key, arrays)
-    )
+    with tqdm(
+        total=num_steps,
+        disable=None if progress_bar is None else not progress_bar or num_steps <= window,
+        desc="vingd",
+    ) as bar:
+        while int(state.count) < num_steps and not done:
+            before = int(state.count)
+            state, stats, average = run(state, arrays, cap)
+            taken = int(state.count) - before
+            chunks.append(jax.tree.map(lambda x, n=taken: np.asarray(x[:n]), stats))
+            bar.update(taken)
+            bar.set_postfix(loss=f"{float(np.mean(chunks[-1].loss)):.4g}")
+            if tol is not None and len(chunks) >= 2 and taken == config.chunk:
+                done = converged(chunks[-2].loss, chunks[-1].loss, tol)
+    natural = average if done and family.is_valid(average) else state.natural
+    jax.block_until_ready(natural)
     run_seconds = time.perf_counter() - start
+    stats = jax.tree.map(lambda *xs: np.concatenate(xs), *chunks)
     return FitResult(
         params=guide.unflatten(natural),
-        losses=np.asarray(losses),
-        num_backoffs=int(num_backoffs),
-        num_rejected=int(num_rejected),
+        losses=stats.loss,
+        step_sizes=stats.step_size,
+        num_steps=int(state.count),
+        converged=done,
+        averaged=done,
+        num_declined=int((~stats.accepted).sum()),
+        num_corrected=int(stats.info.num_corrected.sum()),
+        num_backoffs=int(stats.info.num_backoffs.sum()),
+        num_rejected=int(stats.info.num_rejected.sum()),
+        estimator=estimator,
         compile_seconds=compile_seconds,
         run_seconds=run_seconds,
     )

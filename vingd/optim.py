@@ -5,9 +5,11 @@ learning rule; Khan & Lin 2017, Khan & Rue 2023):
 
     θ ← θ + ρ ∇_μ ELBO = θ + ρ F(θ)⁻¹ ∇_θ ELBO.
 
-A step that would leave the natural domain (e.g. a precision that is not positive definite, or a
-non-finite value) is halved until it is valid, up to `max_backoffs` times, and otherwise rejected
-(θ is kept). Both events are counted; an invalid state is never returned.
+A step that would leave the natural domain (e.g. a precision that is not positive definite) is
+replaced by the family's corrected step where it has one (the improved Bayesian learning rule for
+Gaussians, Lin, Schmidt & Khan 2020, valid for any curvature), then, as a last resort, halved up
+to `max_backoffs` times, and otherwise rejected (θ is kept: non-finite directions end here). All
+three events are counted; an invalid state is never returned.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from vingd.families import family_of, is_natural
 class StepInfo(NamedTuple):
     """What the domain safeguard did in one update (summed over parameters)."""
 
+    num_corrected: jax.Array  # steps that needed the family's corrected (iBLR) form
     num_backoffs: jax.Array  # halvings of ρ applied
     num_rejected: jax.Array  # parameters left unchanged because no halving was valid
 
@@ -42,33 +45,42 @@ def validate_step_size(step_size) -> None:
 
 
 def damped_step(family, natural, direction, step_size, max_backoffs: int = 10):
-    """θ + ρ·2⁻ᵏ·direction for the least k ≤ `max_backoffs` that `family.is_valid`, else θ.
+    """The valid step θ' nearest to θ + ρ·direction, and what it took (`StepInfo`).
 
-    Returns `(new_natural, StepInfo)`. jit-clean: the search is a `lax.while_loop`.
+    With s = ρ·2⁻ᵏ for the least k ≤ `max_backoffs` that gives a valid state: θ + s·direction if
+    valid, else `family.corrected_step(θ, direction, s)`. If no k works, θ is kept. jit-clean: the
+    search is a `lax.while_loop`.
     """
 
     def candidate(k):
         scale = step_size * 0.5**k
-        return jax.tree.map(lambda t, d: t + scale * d, natural, direction)
+        plain = jax.tree.map(lambda t, d: t + scale * d, natural, direction)
+        plain_ok = family.is_valid(plain)
+        corrected = family.corrected_step(natural, direction, scale)
+        return jax.tree.map(lambda p, c: jnp.where(plain_ok, p, c), plain, corrected), ~plain_ok
 
     def searching(k):
-        return (k <= max_backoffs) & ~family.is_valid(candidate(k))
+        return (k <= max_backoffs) & ~family.is_valid(candidate(k)[0])
 
     k = jax.lax.while_loop(searching, lambda k: k + 1, jnp.asarray(0))
     accepted = k <= max_backoffs
-    new = jax.tree.map(lambda c, t: jnp.where(accepted, c, t), candidate(k), natural)
-    info = StepInfo(jnp.minimum(k, max_backoffs), (~accepted).astype(jnp.int32))
+    step, corrected = candidate(k)
+    new = jax.tree.map(lambda c, t: jnp.where(accepted, c, t), step, natural)
+    info = StepInfo(
+        (accepted & corrected).astype(jnp.int32),
+        jnp.minimum(k, max_backoffs),
+        (~accepted).astype(jnp.int32),
+    )
     return new, info
 
 
 def _sum_infos(infos):
-    return StepInfo(*(sum(x) for x in zip(*infos, strict=True))) if infos else StepInfo(0, 0)
+    return StepInfo(*(sum(x) for x in zip(*infos, strict=True)))
 
 
 class NaturalGradientState(NamedTuple):
     count: jax.Array
-    num_backoffs: jax.Array  # running totals since init
-    num_rejected: jax.Array
+    info: StepInfo  # running totals since init
 
 
 def natural_gradient(step_size=0.1, *, max_backoffs: int = 10) -> optax.GradientTransformation:
@@ -98,7 +110,7 @@ def natural_gradient(step_size=0.1, *, max_backoffs: int = 10) -> optax.Gradient
                 "give those parameters their own optimizer with optax.multi_transform."
             )
         zero = jnp.zeros((), jnp.int32)
-        return NaturalGradientState(zero, zero, zero)
+        return NaturalGradientState(zero, StepInfo(zero, zero, zero))
 
     def update(grads, state, params):
         rho = schedule(state.count)
@@ -112,12 +124,7 @@ def natural_gradient(step_size=0.1, *, max_backoffs: int = 10) -> optax.Gradient
             return jax.tree.map(jnp.subtract, new, theta)
 
         updates = jax.tree.map(step, params, grads, is_leaf=is_natural)
-        info = _sum_infos(infos)
-        return updates, NaturalGradientState(
-            state.count + 1,
-            state.num_backoffs + info.num_backoffs,
-            state.num_rejected + info.num_rejected,
-        )
+        return updates, NaturalGradientState(state.count + 1, _sum_infos([state.info, *infos]))
 
     return optax.GradientTransformation(init, update)
 
@@ -144,6 +151,6 @@ class NGD(_NumPyroOptim):
 
     @staticmethod
     def diagnostics(optim_state) -> StepInfo:
-        """Totals of backoffs and rejected steps so far, from `svi_state.optim_state`."""
+        """Totals of corrected, backed-off and rejected steps, from `svi_state.optim_state`."""
         _, (_, state) = optim_state
-        return StepInfo(state.num_backoffs, state.num_rejected)
+        return state.info

@@ -102,6 +102,14 @@ class ExponentialFamily(abc.ABC):
             - tree_vdot(diff, self.natural_to_mean(natural_p))
         )
 
+    def corrected_step(self, natural: Params, direction: Params, step_size) -> Params:
+        """A step along `direction` that stays in the domain where θ + ρ·direction would not.
+
+        The base has no correction (θ + ρ·direction); Gaussians override it with the improved
+        Bayesian learning rule.
+        """
+        return jax.tree.map(lambda t, d: t + step_size * d, natural, direction)
+
     def natural_gradient(self, natural: Params, grad_natural: Params) -> Params:
         """F(θ)⁻¹ ∇_θ L = ∇_μ L, as a vector–Jacobian product through θ(μ); no Fisher is formed.
 

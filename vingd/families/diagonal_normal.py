@@ -65,6 +65,19 @@ class DiagonalNormal(ExponentialFamily):
         loc, scale = self.loc_scale(natural)
         return dist.Normal(loc, scale).to_event(jnp.ndim(loc))
 
+    def corrected_step(self, natural, direction, step_size):
+        """iBLR (Lin, Schmidt & Khan 2020, eq. 9): S' = S + ρG + ½ρ²G²/S, m' = m + ρS'⁻¹ĝ.
+
+        With S = −2η₂ the precision, G = −2·direction₂ its change and ĝ = direction₁ − G·m the
+        expected gradient; S' > 0 for any G. Equal to the plain step up to O(ρ²).
+        """
+        loc, _ = self.loc_scale(natural)
+        precision = -2 * natural.eta2
+        g = -2 * direction.eta2
+        new_precision = precision + step_size * g + 0.5 * step_size**2 * g**2 / precision
+        grad = direction.eta1 - g * loc
+        return DiagonalNormalNatural(new_precision * loc + step_size * grad, -0.5 * new_precision)
+
     @staticmethod
     def loc_scale(natural):
         """(m, σ) from θ."""

@@ -84,6 +84,24 @@ class MultivariateNormal(ExponentialFamily):
     def to_numpyro(self, natural):
         return dist.MultivariateNormal(self.loc(natural), precision_matrix=self.precision(natural))
 
+    def corrected_step(self, natural, direction, step_size):
+        """iBLR (Lin, Schmidt & Khan 2020, eq. 9): S' = S + ρG + ½ρ²GS⁻¹G, m' = m + ρS'⁻¹ĝ.
+
+        With S = Λ, G = −2 sym(direction₂) and ĝ = direction₁ − G·m the expected gradient;
+        S' = ½S + ½(S + ρG)S⁻¹(S + ρG) ≻ 0 for any G. Equal to the plain step up to O(ρ²).
+        """
+        precision = self.precision(natural)
+        chol = (jnp.linalg.cholesky(precision), True)
+        loc = jsl.cho_solve(chol, natural.eta1)
+        g = -2 * _symmetric(direction.eta2)
+        new_precision = _symmetric(
+            precision + step_size * g + 0.5 * step_size**2 * g @ jsl.cho_solve(chol, g)
+        )
+        grad = direction.eta1 - g @ loc
+        return MultivariateNormalNatural(
+            new_precision @ loc + step_size * grad, -0.5 * new_precision
+        )
+
     @staticmethod
     def precision(natural):
         """Λ = −2 sym(η₂)."""
