@@ -37,6 +37,12 @@ class Conjugate:
         # Mean-field optimum for a Gaussian target: precision diag(Λ), mean = the exact mean.
         self.mean_field_sd = 1 / np.sqrt(np.diag(self.precision))
 
+    def jacobi_spectral_radius(self, step_size):
+        """Spectral radius of the damped Jacobi iteration m ← m + ρ D⁻¹(b − Λm), D = diag Λ."""
+        d = np.sqrt(np.diag(self.precision))
+        eigenvalues = np.linalg.eigvalsh(self.precision / np.outer(d, d))
+        return np.max(np.abs(1 - step_size * eigenvalues))
+
     def split(self, v):
         """(b, w) order -> {"b": .., "w": ..}."""
         return {"b": v[0], "w": v[1:]}

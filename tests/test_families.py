@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from vingd.families import (
     DiagonalNormal,
+    ExponentialFamily,
     MultivariateNormal,
     MultivariateNormalNatural,
     family_of,
@@ -101,6 +102,8 @@ def test_log_prob_entropy_kl_match_numpyro(family, seed, d):
     ours = jax.vmap(lambda xi: family.log_prob(theta, xi))(x)
     np.testing.assert_allclose(ours, q.log_prob(x), rtol=1e-9, atol=1e-9)
     np.testing.assert_allclose(family.entropy(theta), q.entropy(), rtol=1e-9, atol=1e-9)
+    derived = ExponentialFamily.entropy(family, theta)  # A(θ) − ⟨θ, μ⟩, the base's derivation
+    np.testing.assert_allclose(family.entropy(theta), derived, rtol=1e-9, atol=1e-9)
     kl = dist.kl_divergence(q, p)
     np.testing.assert_allclose(family.kl_divergence(theta, other), kl, rtol=1e-8, atol=1e-9)
 

@@ -29,10 +29,16 @@ from vingd.families import DiagonalNormal, MultivariateNormal
 
 
 class Estimate(NamedTuple):
-    """∇_μ E_q[f] in the shape of the natural parameters, and E_q[f] from the same draws."""
+    """∇_μ E_q[f] in the shape of the natural parameters, and f at each of the draws used."""
 
     grad_mean: object  # natural-parameter NamedTuple
-    expected_log_joint: jax.Array
+    log_joints: jax.Array  # f(z_s), shape (num_samples,)
+    newton_step: jax.Array | None = None  # (−E[∇²f])⁻¹E[∇f] where known (mean-field + Hessian)
+
+    @property
+    def expected_log_joint(self) -> jax.Array:
+        """The Monte Carlo estimate of E_q[f]."""
+        return self.log_joints.mean()
 
 
 def antithetic_draws(rng_key, family, natural, num_samples: int):
@@ -63,10 +69,14 @@ def price_hessian(log_joint, family, natural, rng_key, num_samples: int = 8) -> 
     """Exact Hessians at each draw (small latent dimension)."""
     z = antithetic_draws(rng_key, family, natural, num_samples)
     values, grads = jax.vmap(jax.value_and_grad(log_joint))(z)
-    hess = jax.vmap(jax.hessian(log_joint))(z).mean(0)
-    if _diagonal(family):
-        hess = jnp.diagonal(hess)
-    return Estimate(_bonnet_price(family, natural, grads.mean(0), hess), values.mean())
+    grad, hess = grads.mean(0), jax.vmap(jax.hessian(log_joint))(z).mean(0)
+    if not _diagonal(family):
+        return Estimate(_bonnet_price(family, natural, grad, hess), values)
+    # The full Hessian is at hand: also give the Newton step of the ELBO in the mean, whose
+    # Hessian is E[∇²f] exactly (NaN where −E[∇²f] is not positive definite).
+    chol = jnp.linalg.cholesky(-0.5 * (hess + hess.T))
+    newton = jax.scipy.linalg.cho_solve((chol, True), grad)
+    return Estimate(_bonnet_price(family, natural, grad, jnp.diagonal(hess)), values, newton)
 
 
 def hutchinson_hvp(log_joint, family, natural, rng_key, num_samples: int = 8) -> Estimate:
@@ -85,7 +95,7 @@ def hutchinson_hvp(log_joint, family, natural, rng_key, num_samples: int = 8) ->
         return value, grad, v * hv
 
     values, grads, diags = jax.vmap(one)(z, probes)
-    return Estimate(_bonnet_price(family, natural, grads.mean(0), diags.mean(0)), values.mean())
+    return Estimate(_bonnet_price(family, natural, grads.mean(0), diags.mean(0)), values)
 
 
 def stein(log_joint, family, natural, rng_key, num_samples: int = 8) -> Estimate:
@@ -99,7 +109,7 @@ def stein(log_joint, family, natural, rng_key, num_samples: int = 8) -> Estimate
     else:
         whitened = (z - loc) @ family.precision(natural)
         hess = whitened.T @ grads / z.shape[0]
-    return Estimate(_bonnet_price(family, natural, grads.mean(0), hess), values.mean())
+    return Estimate(_bonnet_price(family, natural, grads.mean(0), hess), values)
 
 
 def reparam(log_joint, family, natural, rng_key, num_samples: int = 8) -> Estimate:
@@ -107,10 +117,11 @@ def reparam(log_joint, family, natural, rng_key, num_samples: int = 8) -> Estima
 
     def expected(mean):
         z = antithetic_draws(rng_key, family, family.mean_to_natural(mean), num_samples)
-        return jax.vmap(log_joint)(z).mean()
+        values = jax.vmap(log_joint)(z)
+        return values.mean(), values
 
-    value, grad = jax.value_and_grad(expected)(family.natural_to_mean(natural))
-    return Estimate(family.natural_type(*grad), value)
+    grad, values = jax.grad(expected, has_aux=True)(family.natural_to_mean(natural))
+    return Estimate(family.natural_type(*grad), values)
 
 
 ESTIMATORS = {"hessian": price_hessian, "hvp": hutchinson_hvp, "stein": stein, "reparam": reparam}

@@ -41,9 +41,8 @@ class AutoNaturalNormal(AutoNormal):
     """
 
     family = DiagonalNormal()
-    #: `vingd.fit`'s default ρ. Lower than the full Gaussian's: the diagonal Newton step on the
-    #: mean is a damped Jacobi iteration, which diverges on correlated posteriors when ρ is large.
-    default_step_size = 0.2
+    #: `vingd.fit`'s default (initial) ρ.
+    default_step_size = 0.5
     #: `vingd.fit`'s default heavy-ball momentum.
     default_momentum = 0.0
 

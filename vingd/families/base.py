@@ -34,8 +34,8 @@ class ExponentialFamily(abc.ABC):
 
     Subclasses name their parameter types (`natural_type`, `mean_type`) and implement
     `log_partition`, `sufficient_statistics`, `mean_to_natural`, `sample`, `is_valid` and
-    `to_numpyro`. `natural_to_mean` may be overridden by a closed form (tests assert it equals
-    ∇A).
+    `to_numpyro`. `natural_to_mean` and `entropy` may be overridden by closed forms (tests
+    assert they equal ∇A and A − ⟨θ, μ⟩).
     """
 
     natural_type: ClassVar[type]

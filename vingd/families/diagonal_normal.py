@@ -48,6 +48,10 @@ class DiagonalNormal(ExponentialFamily):
         loc, scale = self.loc_scale(natural)
         return DiagonalNormalMean(loc, loc**2 + scale**2)
 
+    def entropy(self, natural):
+        """Σ ½ log(2πe σ²): the closed form, free of A(θ) − ⟨θ, μ⟩'s cancellation."""
+        return jnp.sum(0.5 * (math.log(2 * math.pi) + 1) - 0.5 * jnp.log(-2 * natural.eta2))
+
     def mean_to_natural(self, mean):
         var = mean.mu2 - mean.mu1**2
         return DiagonalNormalNatural(mean.mu1 / var, -0.5 / var)

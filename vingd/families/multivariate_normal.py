@@ -61,6 +61,12 @@ class MultivariateNormal(ExponentialFamily):
         cov = jsl.cho_solve((chol, True), jnp.eye(loc.shape[-1], dtype=loc.dtype))
         return MultivariateNormalMean(loc, cov + jnp.outer(loc, loc))
 
+    def entropy(self, natural):
+        """(d/2) log(2πe) − Σ log Lᵢᵢ: the closed form, free of A(θ) − ⟨θ, μ⟩'s cancellation."""
+        dim = natural.eta1.shape[-1]
+        log_det = jnp.sum(jnp.log(jnp.diagonal(self.precision_cholesky(natural))))
+        return 0.5 * dim * (math.log(2 * math.pi) + 1) - log_det
+
     def mean_to_natural(self, mean):
         cov = _symmetric(mean.mu2) - jnp.outer(mean.mu1, mean.mu1)
         cov_chol = (jnp.linalg.cholesky(cov), True)
