@@ -133,3 +133,27 @@ def test_ngd_refuses_parameters_that_are_not_natural(conjugate):
 def test_invalid_step_size(bad):
     with pytest.raises(ValueError, match="step_size must be a finite number > 0"):
         vingd.NGD(bad)
+
+
+def test_natural_elbo_makes_svi_take_fits_exact_newton_step(conjugate):
+    """SVI + NGD(1.0) + NaturalELBO: the curvature estimator's step, exact in one step."""
+    guide = vingd.AutoNaturalMVN(linear_regression)
+    svi = SVI(linear_regression, guide, vingd.NGD(1.0), vingd.NaturalELBO())
+    run = svi.run(jax.random.PRNGKey(0), 1, conjugate.X, conjugate.y, progress_bar=False)
+    posterior = guide.get_posterior(run.params)
+    order = [1, 2, 3, 0]
+    np.testing.assert_allclose(posterior.loc, conjugate.mean[order], atol=1e-6)
+    np.testing.assert_allclose(
+        posterior.covariance_matrix, conjugate.cov[np.ix_(order, order)], atol=1e-6
+    )
+
+
+def test_natural_elbo_mean_field_converges_to_mean_field_optimum(conjugate):
+    guide = vingd.AutoNaturalNormal(linear_regression)
+    svi = SVI(linear_regression, guide, vingd.NGD(0.5), vingd.NaturalELBO())
+    run = svi.run(jax.random.PRNGKey(0), 300, conjugate.X, conjugate.y, progress_bar=False)
+    q = guide.quantiles(run.params, [0.5, 0.8413447460685429])
+    mean, sd = conjugate.split(conjugate.mean), conjugate.split(conjugate.mean_field_sd)
+    for site in ["w", "b"]:
+        np.testing.assert_allclose(q[site][0], mean[site], atol=1e-6)
+        np.testing.assert_allclose(q[site][1] - q[site][0], sd[site], rtol=1e-6)

@@ -4,7 +4,8 @@ Guides hold natural parameters θ of exponential families; `NGD` (inside `numpyr
 `fit` (vingd's own engine) update them by θ ← θ + ρ ∇_μ ELBO.
 """
 
-from vingd import families
+from vingd import estimators, families
+from vingd.elbo import NaturalELBO
 from vingd.guides import AutoNaturalMVN, AutoNaturalNormal
 from vingd.infer import FitResult, elbo, fit
 from vingd.optim import NGD, natural_gradient
@@ -14,7 +15,9 @@ __all__ = [
     "AutoNaturalMVN",
     "AutoNaturalNormal",
     "FitResult",
+    "NaturalELBO",
     "elbo",
+    "estimators",
     "families",
     "fit",
     "natural_gradient",

@@ -5,12 +5,19 @@ from __future__ import annotations
 import jax
 import numpy as np
 from numpyro import handlers
+from numpyro.infer.initialization import init_to_uniform
 
 
 def trace_model(model, args, kwargs):
-    """One seeded forward run of `model`, hidden from any enclosing handler; its trace."""
+    """One forward run of `model`, hidden from any enclosing handler; its trace.
+
+    Latents are drawn uniformly in unconstrained space, as numpyro's `initialize_model` does, so
+    models with improper priors (`ImproperUniform`, Stan's flat priors) trace too.
+    """
     with handlers.block():
-        return handlers.trace(handlers.seed(model, rng_seed=0)).get_trace(*args, **kwargs)
+        seeded = handlers.seed(model, rng_seed=0)
+        substituted = handlers.substitute(seeded, substitute_fn=init_to_uniform)
+        return handlers.trace(substituted).get_trace(*args, **kwargs)
 
 
 def check_model(model, args, kwargs, guide_name: str) -> None:
