@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml scripts/find-python.sh
 	@touch $(STAMP)
 
 demo: setup
-	$(VENV)/bin/vingd compare breast_cancer_logistic
+	$(VENV)/bin/vingd compare breast_cancer_logistic --out out/demo
 
 test: setup
 	$(PY) -m pytest -q

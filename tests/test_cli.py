@@ -1,9 +1,28 @@
-"""The `vingd` command end to end, and the bundled example model."""
+"""The `vingd` command end to end on a small model in a temporary directory, and its errors."""
 
 import numpy as np
+import pytest
+import xarray as xr
+from conftest import linear_regression
+from test_compare import exact_reference
 
 import models
 from vingd import cli
+
+TINY = "tiny_regression"
+
+
+@pytest.fixture(autouse=True)
+def tiny_model(monkeypatch, conjugate):
+    """A conjugate regression with its exact posterior as the reference, registered as TINY."""
+    example = models.ExampleModel(
+        name=TINY,
+        description="Bayesian linear regression with known noise (40 x 3)",
+        model=linear_regression,
+        load=lambda: ((conjugate.X, conjugate.y), {}),
+        reference=lambda: exact_reference(conjugate),
+    )
+    monkeypatch.setitem(models.REGISTRY, TINY, example)
 
 
 def test_models_lists_the_registry(capsys):
@@ -12,31 +31,68 @@ def test_models_lists_the_registry(capsys):
     assert all(name in out for name in models.REGISTRY)
 
 
-def test_compare_prints_a_row_per_method(capsys):
+def test_fit_writes_datatree_summary_and_plots(tmp_path, capsys):
+    out = tmp_path / "fit"
+    argv = ["fit", TINY, "--num-steps", "5", "--draws", "200", "--out", str(out)]
+    assert cli.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "PSIS k̂" in printed and "w[2]" in printed
+    assert {p.name for p in out.iterdir()} == {
+        "posterior.nc",
+        "summary.csv",
+        "elbo.png",
+        "forest.png",
+    }
+    tree = xr.open_datatree(out / "posterior.nc")
+    assert {"posterior", "posterior_predictive", "log_likelihood", "observed_data"} <= set(
+        tree.children
+    )
+    assert tree["posterior"].sizes["draw"] == 200 and tree.attrs["model"] == TINY
+    assert (out / "summary.csv").read_text().splitlines()[0].split(",")[1:3] == ["mean", "sd"]
+
+
+def test_compare_writes_a_report(tmp_path, capsys):
+    out = tmp_path / "compare"
     argv = [
-        "compare",
-        "breast_cancer_logistic",
-        "--vingd-steps",
-        "5",
-        "--adam-steps",
-        "50",
-        "--particles",
-        "20",
+        *("compare", TINY, "--family", "mvn", "--vingd-steps", "5", "--adam-steps", "50"),
+        *("--lr", "0.01", "--draws", "200", "--out", str(out)),
     ]
     assert cli.main(argv) == 0
-    out = capsys.readouterr().out
-    rows = [
-        line for line in out.splitlines() if line.startswith("| vingd") or line.startswith("| SVI")
-    ]
-    assert len(rows) == 4
-    elbos = [float(row.split("|")[-2].split("±")[0]) for row in rows]
+    printed = capsys.readouterr().out
+    assert printed.strip().endswith(f"Report: {out / 'report.md'}")
+    report = (out / "report.md").read_text()
+    rows = [line for line in report.splitlines() if line.startswith(("| vingd", "| SVI"))]
+    assert len(rows) == 2
+    elbos = [float(row.split("|")[5].split("±")[0]) for row in rows]
     assert np.all(np.isfinite(elbos))
+    for image in ("traces.png", "forest.png"):
+        assert f"]({image})" in report and (out / image).stat().st_size > 0
 
 
-def test_unknown_model_is_one_clear_line(capsys):
-    assert cli.main(["compare", "no_such_model"]) == 2
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["compare", "no_such_model"], "Unknown model 'no_such_model'"),
+        (["fit", "no_such_model"], "Unknown model 'no_such_model'"),
+        (["fit", TINY, "--guide", "full"], "argument --guide: invalid choice: 'full'"),
+        (["fit", TINY, "--draws", "many"], "argument --draws: invalid int value: 'many'"),
+        (["fit", TINY, "--num-steps", "0"], "num_steps must be an integer >= 1, got 0."),
+        (["compare", TINY, "--lr", "-1"], "Adam's learning rate) must be a number > 0"),
+        (["frobnicate"], "argument command: invalid choice: 'frobnicate'"),
+    ],
+)
+def test_errors_are_one_clear_line(argv, message, capsys):
+    assert cli.main(argv) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("vingd: error: Unknown model 'no_such_model'") and "\n" not in err
+    assert err.startswith("vingd: error: ") and message in err and "\n" not in err
+
+
+def test_unwritable_out_fails_before_fitting(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert cli.main(["fit", TINY, "--out", str(blocker / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("vingd: error: ") and str(blocker) in err and "\n" not in err
 
 
 def test_breast_cancer_data_is_standardised():

@@ -5,6 +5,8 @@ Guides hold natural parameters θ of exponential families; `NGD` (inside `numpyr
 """
 
 from vingd import estimators, families
+from vingd.compare import Method, compare
+from vingd.diagnostics import psis_diagnostic, to_datatree
 from vingd.elbo import NaturalELBO
 from vingd.guides import AutoNaturalMVN, AutoNaturalNormal
 from vingd.infer import FitResult, elbo, fit
@@ -15,11 +17,15 @@ __all__ = [
     "AutoNaturalMVN",
     "AutoNaturalNormal",
     "FitResult",
+    "Method",
     "NaturalELBO",
+    "compare",
     "elbo",
     "estimators",
     "families",
     "fit",
     "natural_gradient",
+    "psis_diagnostic",
+    "to_datatree",
 ]
 __version__ = "0.1.0"

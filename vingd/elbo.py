@@ -57,7 +57,7 @@ class NaturalELBO(ELBO):
         estimator: "hessian", "hvp", "stein" or "reparam"; default by family and dimension.
     """
 
-    def __init__(self, num_samples: int = 8, estimator: str | None = None):
+    def __init__(self, num_samples: int = 16, estimator: str | None = None):
         if not isinstance(num_samples, int) or num_samples < 2 or num_samples % 2:
             raise ValueError(f"num_samples must be an even integer >= 2, got {num_samples!r}.")
         if estimator is not None:

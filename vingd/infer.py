@@ -9,9 +9,11 @@ Each step, on the guide's family over the flat unconstrained latent vector,
 Λ ← (1−ρ)Λ + ρ E[−∇²f], m ← m + ρ Λ⁻¹ E[∇f] (Khan et al. 2018). Around it:
 
 - domain: steps leaving the domain are corrected (iBLR), halved or rejected (`optim.damped_step`);
-- adaptive ρ (default): a step is declined if the ELBO, estimated with the same noise before and
-  after (common random numbers), drops significantly (by more than two standard errors of the
-  paired differences, capped by the estimate's own); ρ then halves, else grows ×1.5 up to 1;
+- adaptive ρ (default): the ELBO is estimated with the same noise before and after each step
+  (common random numbers). A significant drop (beyond two standard errors of the paired
+  differences, capped by the estimate's own) declines the step and halves ρ; a significant gain
+  grows ρ ×1.5 up to 1; a change within the noise keeps the step and shrinks ρ ×0.9, so ρ anneals
+  once the fit reaches the Monte Carlo noise floor (as a Robbins–Monro schedule would);
 - mean-field with exact Hessians: the mean takes the Newton step of the ELBO,
   m ← m + ρ E[−∇²f]⁻¹ E[∇f] (the ELBO's Hessian in m is E[∇²f]), while the precision takes the
   natural-gradient step Λ ← (1−ρ)Λ + ρ diag E[−∇²f]. The fixed point is the mean-field optimum;
@@ -51,7 +53,7 @@ from vingd.guides import flat_view_of
 from vingd.optim import StepInfo, damped_step, validate_step_size
 from vingd.validation import check_model
 
-GROW, SHRINK, MIN_STEP_SIZE = 1.5, 0.5, 1e-4
+GROW, SHRINK, DECAY, MIN_STEP_SIZE = 1.5, 0.5, 0.9, 1e-4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -197,8 +199,11 @@ def _run_chunk(state, arrays, cap, *, model, guide, config, static):
             se = jnp.minimum(gains.std(), estimate.log_joints.std()) / math.sqrt(config.num_samples)
             rounding = 10 * jnp.finfo(gains.dtype).eps * jnp.abs(before)
             accepted = jnp.isfinite(gain) & (gain >= -2 * se - rounding)
+            improved = gain > 2 * se + rounding
             rho_next = jnp.where(
-                accepted, jnp.minimum(GROW * rho, 1.0), jnp.maximum(SHRINK * rho, MIN_STEP_SIZE)
+                improved,
+                jnp.minimum(GROW * rho, 1.0),
+                jnp.maximum(jnp.where(accepted, DECAY, SHRINK) * rho, MIN_STEP_SIZE),
             )
         else:
             accepted, rho_next = jnp.asarray(True), rho
@@ -262,7 +267,7 @@ def fit(
     num_steps: int = 1000,
     step_size=None,
     estimator: str | None = None,
-    num_samples: int = 8,
+    num_samples: int = 16,
     momentum: float | None = None,
     tol: float | None = 1e-4,
     window: int = 25,

@@ -1,0 +1,159 @@
+"""vingd against NumPyro SVI + Adam, side by side in one process: the README's benchmark table.
+
+For each model and guide family (full covariance, mean field), vingd (`AutoNaturalMVN` or
+`AutoNaturalNormal`, adaptive ρ, default estimator) and SVI + Adam (`AutoMultivariateNormal` or
+`AutoNormal`, learning rates 1e-3, 1e-2, 5e-2) run from one start with one key
+(`vingd.compare`). Reported per method: steps and seconds until the smoothed ELBO trace is within
+1 nat of the best final ELBO of any method of that family (compile apart and included),
+final ELBO from 2,000 draws, PSIS k̂, and accuracy against a reference (posteriordb's Stan draws,
+or a long NUTS run cached under benchmarks/references/).
+
+    .venv/bin/python benchmarks/run.py [--models NAME ...] [--adam-steps N] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+from numpyro.infer import MCMC, NUTS
+
+import models
+from vingd.compare import Method, compare
+from vingd.validation import trace_model
+
+HERE = Path(__file__).parent
+LEARNING_RATES = (1e-3, 1e-2, 5e-2)
+#: model -> the guide families to compare (full covariance is out of reach at 2,049 weights)
+SUITE = {
+    "breast_cancer_logistic": ("mvn", "meanfield"),
+    "eight_schools-eight_schools_noncentered": ("mvn", "meanfield"),
+    "diamonds-diamonds": ("mvn", "meanfield"),
+    "breast_cancer_bnn": ("meanfield",),
+}
+
+
+def nuts_reference(example, num_samples=2000, seed=0) -> dict:
+    """A long NUTS run, cached as .npz: site -> draws (num_samples, *shape)."""
+    path = HERE / "references" / f"{example.name}.npz"
+    if path.exists():
+        with np.load(path) as cached:
+            return dict(cached)
+    args, kwargs = example.load()
+    mcmc = MCMC(NUTS(example.model), num_warmup=1000, num_samples=num_samples, progress_bar=False)
+    mcmc.run(jax.random.PRNGKey(seed), *args, **kwargs)
+    draws = {k: np.asarray(v, np.float32) for k, v in mcmc.get_samples().items()}
+    np.savez_compressed(path, **draws)
+    return draws
+
+
+def reference_for(example, family_names):
+    if example.reference is not None:  # posteriordb draws also hold deterministic sites
+        args, kwargs = example.load()
+        latent = trace_model(example.model, args, kwargs)
+        return {k: v for k, v in example.reference().items() if latent[k]["type"] == "sample"}
+    if "mvn" in family_names:  # small enough for NUTS
+        return nuts_reference(example)
+    return None
+
+
+def methods_for(family, adam_steps):
+    adam = [Method("adam", family, adam_steps, lr) for lr in LEARNING_RATES]
+    return [Method("vingd", family, 1000), *adam]
+
+
+def _best(rows, engine, family):
+    """The row of `engine` on `family` that gets within 1 nat soonest, else the best ELBO."""
+    rows = [r for r in rows if r["engine"] == engine and r["family"] == family]
+    reached = [r for r in rows if r["seconds_to_best"] is not None]
+    if reached:
+        return min(reached, key=lambda r: r["seconds_to_best"] + r["compile_seconds"])
+    return max(rows, key=lambda r: r["elbo"] if math.isfinite(r["elbo"]) else -math.inf)
+
+
+def summary_row(name, family, rows):
+    ours, theirs = _best(rows, "vingd", family), _best(rows, "adam", family)
+
+    def ratio(a, b):
+        return "—" if a is None or b is None or a == 0 else f"{b / a:.0f}×"
+
+    with_compile = [
+        None if r["seconds_to_best"] is None else r["seconds_to_best"] + r["compile_seconds"]
+        for r in (ours, theirs)
+    ]
+    return (
+        f"| {name} | {family} | {_cell(ours['steps_to_best'])} | {_cell(theirs['steps_to_best'])}"
+        f" ({theirs['method'].split('lr=')[-1].rstrip(')')}) "
+        f"| {ratio(ours['steps_to_best'], theirs['steps_to_best'])} "
+        f"| {ratio(ours['seconds_to_best'], theirs['seconds_to_best'])} "
+        f"| {ratio(*with_compile)} "
+        f"| {ours['elbo'] - theirs['elbo']:+.2f} |"
+    )
+
+
+def _cell(value):
+    return "—" if value is None else str(value)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=list(SUITE), choices=list(SUITE))
+    parser.add_argument("--adam-steps", type=int, default=10_000)
+    parser.add_argument("--out", type=Path, default=HERE / "results.md")
+    args = parser.parse_args(argv)
+
+    sections, summary = [], []
+    for name in args.models:
+        example = models.get(name)
+        families = SUITE[name]
+        start = time.perf_counter()
+        reference = reference_for(example, families)
+        model_args, model_kwargs = example.load()
+        source = "none" if reference is None else "posteriordb"
+        if reference is not None and example.reference is None:
+            source = "NUTS, 2,000 draws"
+        tables = []
+        for family in families:
+            comparison = compare(
+                example.model,
+                *model_args,
+                methods=methods_for(family, args.adam_steps),
+                reference=reference,
+                **model_kwargs,
+            )
+            rows = [
+                r.row() | {"engine": r.method.engine, "family": r.method.family}
+                for r in comparison.results
+            ]
+            summary.append(summary_row(name, family, rows))
+            tables.append(comparison.to_markdown())
+        sections.append(
+            f"### {name}\n\n{example.description}. Reference: {source}. "
+            f"({time.perf_counter() - start:.0f} s)\n\n" + "\n\n".join(tables) + "\n"
+        )
+        print(sections[-1], flush=True)
+
+    header = (
+        "| model | guide | vingd steps to 1 nat | Adam steps to 1 nat (best lr) | steps ratio "
+        "| seconds ratio (run) | seconds ratio (with compile) | ELBO vingd − Adam |\n"
+        "|---|---|---:|---:|---:|---:|---:|---:|"
+    )
+    device = jax.devices()[0].device_kind
+    report = (
+        f"# vingd vs NumPyro SVI + Adam\n\nMachine: {device}, "
+        f"{jax.device_count()} device(s); Adam {args.adam_steps} steps per learning rate.\n\n"
+        f"{header}\n" + "\n".join(summary) + "\n\n" + "\n".join(sections)
+    )
+    args.out.write_text(report)
+    print(f"\n{header}\n" + "\n".join(summary))
+    print(f"\nWrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
