@@ -48,7 +48,7 @@ def loc_cov(family, theta):
 
 
 families = pytest.mark.parametrize("family", [DIAG, MVN], ids=["diagonal", "full"])
-examples = settings(max_examples=25, deadline=None)
+examples = settings(max_examples=15, deadline=None)
 
 
 @families

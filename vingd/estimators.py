@@ -43,7 +43,7 @@ class Estimate(NamedTuple):
 
 def antithetic_draws(rng_key, family, natural, num_samples: int):
     """`num_samples` draws from q as pairs m ± (z − m); the same key gives the same noise."""
-    loc = family.natural_to_mean(natural)[0]
+    loc = family.loc(natural)
     half = family.sample(rng_key, natural, (num_samples // 2,))
     return jnp.concatenate([half, 2 * loc - half])
 
@@ -58,7 +58,7 @@ def _diagonal(family) -> bool:
 
 def _bonnet_price(family, natural, grad, hess) -> object:
     """(E[∇f] − E[∇²f] m, ½ E[∇²f]) from the two expectations (diagonal or full `hess`)."""
-    loc = family.natural_to_mean(natural)[0]
+    loc = family.loc(natural)
     if jnp.ndim(hess) == 1:
         return family.natural_type(grad - hess * loc, 0.5 * hess)
     hess = 0.5 * (hess + hess.T)
@@ -102,7 +102,7 @@ def stein(log_joint, family, natural, rng_key, num_samples: int = 8) -> Estimate
     """Gradient-only curvature E[Σ⁻¹(z − m)∇f(z)ᵀ] (Stein's lemma; IVON), symmetrised."""
     z = antithetic_draws(rng_key, family, natural, num_samples)
     values, grads = jax.vmap(jax.value_and_grad(log_joint))(z)
-    loc = family.natural_to_mean(natural)[0]
+    loc = family.loc(natural)
     if _diagonal(family):
         whitened = (z - loc) * (-2 * natural.eta2)
         hess = (whitened * grads).mean(0)

@@ -52,19 +52,22 @@ def damped_step(family, natural, direction, step_size, max_backoffs: int = 10):
     search is a `lax.while_loop`.
     """
 
-    def candidate(k):
+    def attempt(carry):
+        k = carry[0] + 1
         scale = step_size * 0.5**k
         plain = jax.tree.map(lambda t, d: t + scale * d, natural, direction)
         plain_ok = family.is_valid(plain)
-        corrected = family.corrected_step(natural, direction, scale)
-        return jax.tree.map(lambda p, c: jnp.where(plain_ok, p, c), plain, corrected), ~plain_ok
+        fixed = family.corrected_step(natural, direction, scale)
+        step = jax.tree.map(lambda p, c: jnp.where(plain_ok, p, c), plain, fixed)
+        return k, step, ~plain_ok, family.is_valid(step)
 
-    def searching(k):
-        return (k <= max_backoffs) & ~family.is_valid(candidate(k)[0])
+    def searching(carry):
+        k, _, _, valid = carry
+        return (k < max_backoffs) & ~valid
 
-    k = jax.lax.while_loop(searching, lambda k: k + 1, jnp.asarray(0))
-    accepted = k <= max_backoffs
-    step, corrected = candidate(k)
+    start = (jnp.asarray(-1), natural, jnp.asarray(False), jnp.asarray(False))
+    k, step, corrected, accepted = jax.lax.while_loop(searching, attempt, start)
+    k = jnp.maximum(k, 0)
     new = jax.tree.map(lambda c, t: jnp.where(accepted, c, t), step, natural)
     info = StepInfo(
         (accepted & corrected).astype(jnp.int32),
@@ -83,7 +86,7 @@ class NaturalGradientState(NamedTuple):
     info: StepInfo  # running totals since init
 
 
-def natural_gradient(step_size=0.1, *, max_backoffs: int = 10) -> optax.GradientTransformation:
+def natural_gradient(step_size=0.05, *, max_backoffs: int = 10) -> optax.GradientTransformation:
     """An optax transformation doing natural-gradient descent on vingd guide parameters.
 
     SVI hands it ∇_θ loss (loss = −ELBO) for each natural parameter θ; the update is
@@ -91,7 +94,8 @@ def natural_gradient(step_size=0.1, *, max_backoffs: int = 10) -> optax.Gradient
     through the family's mean→natural map, then kept valid by `damped_step`.
 
     Args:
-        step_size: ρ in (0, 1], or an optax schedule `count -> ρ`.
+        step_size: ρ in (0, 1], or an optax schedule `count -> ρ`. The default suits
+            `Trace_ELBO` gradients (noisy curvature); with `vingd.NaturalELBO`, ρ up to 1 works.
         max_backoffs: halvings of ρ tried before a step is rejected.
     """
     validate_step_size(step_size)
@@ -136,7 +140,7 @@ class NGD(_NumPyroOptim):
     as it is). `NGD.diagnostics(svi_state.optim_state)` reports backoffs and rejections.
     """
 
-    def __init__(self, step_size=0.1, *, max_backoffs: int = 10):
+    def __init__(self, step_size=0.05, *, max_backoffs: int = 10):
         self.transformation = natural_gradient(step_size, max_backoffs=max_backoffs)
 
         def init_fn(params):

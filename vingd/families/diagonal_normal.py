@@ -82,6 +82,10 @@ class DiagonalNormal(ExponentialFamily):
         grad = direction.eta1 - g * loc
         return DiagonalNormalNatural(new_precision * loc + step_size * grad, -0.5 * new_precision)
 
+    def loc(self, natural):
+        """m = η₁ / (−2η₂)."""
+        return natural.eta1 / (-2 * natural.eta2)
+
     @staticmethod
     def loc_scale(natural):
         """(m, σ) from θ."""
