@@ -46,7 +46,7 @@ import optax
 from numpyro import handlers
 from numpyro.infer import Trace_ELBO
 from numpyro.infer.util import potential_energy
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from vingd.estimators import antithetic_draws, default_estimator, get_estimator
 from vingd.guides import flat_view_of
