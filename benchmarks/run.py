@@ -80,7 +80,9 @@ def summary_row(name, family, rows):
     ours, theirs = _best(rows, "vingd", family), _best(rows, "adam", family)
 
     def ratio(a, b):
-        return "—" if a is None or b is None or a == 0 else f"{b / a:.2g}×"
+        if a is None or b is None or a == 0:
+            return "—"
+        return f"{b / a:.0f}×" if b / a >= 10 else f"{b / a:.2g}×"
 
     with_compile = [
         None if r["seconds_to_best"] is None else r["seconds_to_best"] + r["compile_seconds"]
