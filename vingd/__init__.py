@@ -6,22 +6,31 @@ Guides hold natural parameters θ of exponential families; `NGD` (inside `numpyr
 
 from vingd import estimators, families
 from vingd.compare import Method, compare
+from vingd.conjugate import cavi_step, conjugate_elbo, conjugate_sites, expected_naturals
 from vingd.diagnostics import psis_diagnostic, to_datatree
 from vingd.elbo import NaturalELBO
+from vingd.expectation import ExpFamELBO
+from vingd.expfam import AutoExpFamily
 from vingd.guides import AutoNaturalMVN, AutoNaturalNormal
 from vingd.infer import FitResult, elbo, fit
 from vingd.optim import NGD, natural_gradient
 
 __all__ = [
     "NGD",
+    "AutoExpFamily",
     "AutoNaturalMVN",
     "AutoNaturalNormal",
+    "ExpFamELBO",
     "FitResult",
     "Method",
     "NaturalELBO",
+    "cavi_step",
     "compare",
+    "conjugate_elbo",
+    "conjugate_sites",
     "elbo",
     "estimators",
+    "expected_naturals",
     "families",
     "fit",
     "natural_gradient",
