@@ -11,13 +11,14 @@ from vingd.diagnostics import psis_diagnostic, to_datatree
 from vingd.elbo import NaturalELBO
 from vingd.expectation import ExpFamELBO
 from vingd.expfam import AutoExpFamily
-from vingd.guides import AutoNaturalMVN, AutoNaturalNormal
+from vingd.guides import AutoNaturalLowRankMVN, AutoNaturalMVN, AutoNaturalNormal
 from vingd.infer import FitResult, elbo, fit
 from vingd.optim import NGD, natural_gradient
 
 __all__ = [
     "NGD",
     "AutoExpFamily",
+    "AutoNaturalLowRankMVN",
     "AutoNaturalMVN",
     "AutoNaturalNormal",
     "ExpFamELBO",

@@ -109,40 +109,51 @@ def cavi_step(model, guide, params, *args, step_size=1.0, sites=None, **kwargs) 
     return params
 
 
-def conjugate_sites(model, guide, params, *args, rtol=1e-6, seed=0, **kwargs) -> dict:
-    """`{site: bool}`: whether E_q[log p] is affine in μ_s at `params`, i.e. η̄_s is exact.
+def is_affine(model, guide, params, name, args, kwargs, *, rng_key, rtol=1e-6) -> jax.Array:
+    """Whether E_q[log p] is affine in μ_s of site `name` at `params`: η̄_s is computed at μ_s
+    and at the mean of a random valid perturbation of θ_s (others fixed); affine ⇔ equal
+    gradients, to `rtol` of their scale. jit-able with everything but `params`, `args` and
+    `kwargs` static."""
+    site = guide.sites[name]
+    means = means_of(guide, params)
+    theta = params[site.param]
+    leaves, treedef = jax.tree.flatten(theta)
+    noise = [
+        0.3 * (jnp.abs(x) + 1) * jax.random.normal(k, jnp.shape(x))
+        for k, x in zip(jax.random.split(rng_key, len(leaves)), leaves, strict=True)
+    ]
+    other, _ = damped_step(site.family, theta, jax.tree.unflatten(treedef, noise), 1.0)
 
-    η̄_s is computed at μ_s and at the mean of a random valid perturbation of θ_s (others
-    fixed); affine ⇔ equal gradients, to `rtol` of their scale. Discrete sites are always exact
-    (their expectation is a finite sum, linear in the probabilities). Run eagerly.
+    def gradient(mean):
+        flat = jax.grad(
+            lambda m: expected_log_joint(model, guide, {**means, name: m}, *args, **kwargs)
+        )(mean)
+        return jnp.concatenate([jnp.ravel(x) for x in flat])
+
+    g0 = gradient(means[name])
+    g1 = gradient(site.family.natural_to_mean(other))
+    scale = jnp.max(jnp.abs(g0)) + 1.0
+    return jnp.all(jnp.abs(g0 - g1) <= rtol * scale)
+
+
+def conjugate_sites(model, guide, params, *args, rtol=1e-6, seed=0, **kwargs) -> dict:
+    """`{site: bool}`: whether E_q[log p] is affine in μ_s at `params`, i.e. η̄_s is exact
+    (`is_affine`). Discrete sites are always exact (their expectation is a finite sum, linear in
+    the probabilities). Run eagerly.
     """
     result = {}
-    means = means_of(guide, params)
     key = jax.random.PRNGKey(seed)
     for name, site in guide.sites.items():
         if site.is_discrete:
             result[name] = True
             continue
-        theta = params[site.param]
         key, sub = jax.random.split(key)
-        leaves, treedef = jax.tree.flatten(theta)
-        noise = [
-            0.3 * (jnp.abs(x) + 1) * jax.random.normal(k, jnp.shape(x))
-            for k, x in zip(jax.random.split(sub, len(leaves)), leaves, strict=True)
-        ]
-        other, _ = damped_step(site.family, theta, jax.tree.unflatten(treedef, noise), 1.0)
-
-        @jax.jit
-        def gradient(mean, name=name):
-            flat = jax.grad(
-                lambda m: expected_log_joint(model, guide, {**means, name: m}, *args, **kwargs)
-            )(mean)
-            return jnp.concatenate([jnp.ravel(x) for x in flat])
-
-        g0 = gradient(means[name])
-        g1 = gradient(site.family.natural_to_mean(other))
-        scale = jnp.max(jnp.abs(g0)) + 1.0
-        result[name] = bool(jnp.all(jnp.abs(g0 - g1) <= rtol * scale))
+        check = jax.jit(
+            lambda p, sub=sub, name=name: is_affine(
+                model, guide, p, name, args, kwargs, rng_key=sub, rtol=rtol
+            )
+        )
+        result[name] = bool(check(params))
     return result
 
 
@@ -153,4 +164,5 @@ __all__ = [
     "default_order",
     "expected_log_joint",
     "expected_naturals",
+    "is_affine",
 ]

@@ -17,10 +17,10 @@ import jax
 import jax.numpy as jnp
 from numpyro import handlers
 from numpyro.infer.elbo import ELBO
-from numpyro.infer.util import potential_energy
 
 from vingd.estimators import default_estimator, get_estimator
 from vingd.guides import flat_view_of
+from vingd.log_joint import LogJoint, num_observations
 
 
 def _natural_loss(family, estimator, log_joint, rng_key, num_samples):
@@ -54,7 +54,8 @@ class NaturalELBO(ELBO):
 
     Args:
         num_samples: even number of antithetic draws per step.
-        estimator: "hessian", "hvp", "stein" or "reparam"; default by family and dimension.
+        estimator: "hessian", "hvp", "stein", "gradsq" or "reparam"; default by family, dimension
+            and number of observations (`vingd.estimators.default_estimator`).
     """
 
     def __init__(self, num_samples: int = 16, estimator: str | None = None):
@@ -68,14 +69,18 @@ class NaturalELBO(ELBO):
 
     def loss_with_mutable_state(self, rng_key, param_map, model, guide, *args, **kwargs):
         guide = flat_view_of(guide)
+        if hasattr(guide.flat_family, "ngd_step"):
+            raise ValueError(
+                f"NaturalELBO works with AutoNaturalNormal and AutoNaturalMVN; fit "
+                f"{type(guide).__name__} (its step is a projection) with vingd.fit."
+            )
         draw_key, model_key = jax.random.split(rng_key)
-        seeded = handlers.seed(model, model_key)
-
-        def log_joint(z):
-            return -potential_energy(seeded, args, kwargs, guide.unpack_latent(z))
+        log_joint = LogJoint(handlers.seed(model, model_key), args, kwargs, guide.unpack_latent)
 
         natural = guide.flatten(param_map)
         family = guide.flat_family
-        name = self.estimator or default_estimator(family, int(jnp.size(natural.eta1)))
+        name = self.estimator or default_estimator(
+            family, int(jnp.size(natural.eta1)), num_observations(model, args, kwargs)
+        )
         loss = _natural_loss(family, get_estimator(name), log_joint, draw_key, self.num_samples)
         return {"loss": loss(natural), "mutable_state": None}

@@ -12,10 +12,15 @@ estimate E[∇²f] (the diagonal for a mean-field q). They differ in how they ge
 | "hessian" | exact Hessian (Price)                        | d grad. passes  | exact       |
 | "hvp"     | Hutchinson v ∘ (∇²f v), Rademacher v (diag)  | 2 grad. passes  | unbiased    |
 | "stein"   | Σ⁻¹(z − m)∇f(z)ᵀ, symmetrised (IVON's)       | 1 grad. pass    | unbiased    |
+| "gradsq"  | −Σₙ(∇ℓₙ)² (VOGN) + Hutchinson prior (diag)   | 2 grad. passes  | Gauss–Newton |
 | "reparam" | autodiff in μ of a reparameterised E_q[f]    | 1 grad. pass    | unbiased    |
 
 Draws come in antithetic pairs m ± δ, so E[∇f] is exact for quadratic f, and with "hessian"
 one step with ρ = 1 lands on the exact Gaussian posterior of a conjugate model.
+
+For the low-rank-precision family (`vingd.low_rank`, SLANG) "hessian", "stein" and "gradsq"
+hand over E[∇f] and the curvature in factored form (`LowRankCurvature`), never a d×d matrix
+except the exact Hessian itself.
 """
 
 from __future__ import annotations
@@ -26,12 +31,13 @@ import jax
 import jax.numpy as jnp
 
 from vingd.families import DiagonalNormal, MultivariateNormal
+from vingd.low_rank import LowRankCurvature, LowRankNormal
 
 
 class Estimate(NamedTuple):
     """∇_μ E_q[f] in the shape of the natural parameters, and f at each of the draws used."""
 
-    grad_mean: object  # natural-parameter NamedTuple
+    grad_mean: object  # natural-parameter NamedTuple (`LowRankCurvature` for `LowRankNormal`)
     log_joints: jax.Array  # f(z_s), shape (num_samples,)
     newton_step: jax.Array | None = None  # (−E[∇²f])⁻¹E[∇f] where known (mean-field + Hessian)
 
@@ -51,7 +57,7 @@ def antithetic_draws(rng_key, family, natural, num_samples: int):
 def _diagonal(family) -> bool:
     if isinstance(family, DiagonalNormal):
         return True
-    if isinstance(family, MultivariateNormal):
+    if isinstance(family, MultivariateNormal | LowRankNormal):
         return False
     raise TypeError(f"vingd's estimators need a Gaussian family, got {family!r}.")
 
@@ -70,6 +76,11 @@ def price_hessian(log_joint, family, natural, rng_key, num_samples: int = 8) -> 
     z = antithetic_draws(rng_key, family, natural, num_samples)
     values, grads = jax.vmap(jax.value_and_grad(log_joint))(z)
     grad, hess = grads.mean(0), jax.vmap(jax.hessian(log_joint))(z).mean(0)
+    if isinstance(family, LowRankNormal):
+        prior = _prior_diagonal(log_joint, family, natural, jax.random.fold_in(rng_key, 1))
+        eye = jnp.eye(grad.shape[-1], dtype=grad.dtype)
+        rest = 0.5 * (hess + hess.T) - jnp.diag(prior)
+        return Estimate(LowRankCurvature(grad, eye, rest, prior), values)
     if not _diagonal(family):
         return Estimate(_bonnet_price(family, natural, grad, hess), values)
     # The full Hessian is at hand: also give the Newton step of the ELBO in the mean, whose
@@ -102,6 +113,8 @@ def stein(log_joint, family, natural, rng_key, num_samples: int = 8) -> Estimate
     """Gradient-only curvature E[Σ⁻¹(z − m)∇f(z)ᵀ] (Stein's lemma; IVON), symmetrised."""
     z = antithetic_draws(rng_key, family, natural, num_samples)
     values, grads = jax.vmap(jax.value_and_grad(log_joint))(z)
+    if isinstance(family, LowRankNormal):
+        return Estimate(_stein_low_rank(log_joint, family, natural, z, grads, rng_key), values)
     loc = family.loc(natural)
     if _diagonal(family):
         whitened = (z - loc) * (-2 * natural.eta2)
@@ -112,8 +125,42 @@ def stein(log_joint, family, natural, rng_key, num_samples: int = 8) -> Estimate
     return Estimate(_bonnet_price(family, natural, grads.mean(0), hess), values)
 
 
+def _prior_diagonal(log_joint, family, natural, rng_key) -> jax.Array:
+    """c = min(0, v ∘ ∇²f_prior(m) v), Rademacher v: the prior's Hessian diagonal at the mean,
+    exact for independent priors (f_prior from `LogJoint.split`).
+
+    The low-rank family takes c out of its factored curvature and into D, as SLANG puts the
+    prior there, so D' ≥ (1−ρ)D − ρc stays away from 0 even when U could hold everything. Any c
+    independent of the draws keeps the curvature estimates unbiased (see `_stein_low_rank`).
+    """
+    loc = family.loc(natural)
+    probe = jax.random.rademacher(rng_key, loc.shape, loc.dtype)
+    _, hv = jax.jvp(jax.grad(lambda x: log_joint.split(x, rng_key)[1]), (loc,), (probe,))
+    return jnp.minimum(probe * hv, 0)
+
+
+def _stein_low_rank(log_joint, family, natural, z, grads, rng_key) -> LowRankCurvature:
+    """E[∇²f] ≈ ½(AG̃ᵀ + G̃Aᵀ)/S + diag(c), factored, with A = Λ(z − m) and the control variate
+    G̃ = ∇f(z) − c∘(z − m) (E[Λδ(c∘δ)ᵀ] = diag(c), so any fixed c is unbiased; c = the prior's
+    diagonal removes most of the noise of a strong prior). Antithetic pairs share a direction
+    (A_{s'} = −A_s), so AG̃ᵀ = Σ_pairs A_s(G̃_s − G̃_{s'})ᵀ: B has S columns, not 2S."""
+    prior = _prior_diagonal(log_joint, family, natural, jax.random.fold_in(rng_key, 1))
+    half = z.shape[0] // 2
+    delta = z[:half] - family.loc(natural)
+    paired = grads[:half] - grads[half:] - 2 * prior * delta
+    basis = jnp.concatenate([family.precision_matvec(natural, delta), paired]).T
+    eye, zero = jnp.eye(half, dtype=z.dtype), jnp.zeros((half, half), z.dtype)
+    weights = jnp.block([[zero, eye], [eye, zero]]) / (2 * z.shape[0])
+    return LowRankCurvature(grads.mean(0), basis, weights, prior)
+
+
 def reparam(log_joint, family, natural, rng_key, num_samples: int = 8) -> Estimate:
     """Autodiff of the reparameterised E_q[f] with respect to μ (first order; the noisiest)."""
+    if isinstance(family, LowRankNormal):
+        raise ValueError(
+            'The "reparam" estimator needs mean parameters, which AutoNaturalLowRankMVN has not: '
+            'use "stein", "gradsq" or "hessian".'
+        )
 
     def expected(mean):
         z = antithetic_draws(rng_key, family, family.mean_to_natural(mean), num_samples)
@@ -124,13 +171,83 @@ def reparam(log_joint, family, natural, rng_key, num_samples: int = 8) -> Estima
     return Estimate(family.natural_type(*grad), values)
 
 
-ESTIMATORS = {"hessian": price_hessian, "hvp": hutchinson_hvp, "stein": stein, "reparam": reparam}
+def squared_gradients(log_joint, family, natural, rng_key, num_samples: int = 8) -> Estimate:
+    """Diagonal Gauss–Newton curvature −Σₙ (∇ℓₙ)² of the observations (VOGN, Vadam), plus the
+    Hutchinson diagonal of the rest of f (prior and Jacobians), which is exact where that part's
+    Hessian is diagonal (independent priors).
+
+    The per-observation sum comes from one randomly signed pass (`LogJoint.split`):
+    E_s[(Σₙ sₙ∇ℓₙ)²] = Σₙ (∇ℓₙ)². The curvature is never positive, so precisions stay valid
+    on non-convex likelihoods (e.g. neural networks) without corrections (Khan et al. 2018).
+    It equals the expected Hessian of the log likelihood only at the optimum of a well-specified
+    model (Kunstner et al. 2019), so the fixed point is near, not at, the mean-field optimum.
+    `log_joint` must be a `vingd.log_joint.LogJoint`.
+    """
+    if isinstance(family, LowRankNormal):
+        return _squared_gradients_low_rank(log_joint, family, natural, rng_key, num_samples)
+    if not _diagonal(family):
+        raise ValueError(
+            'The "gradsq" estimator gives a diagonal curvature: use it with AutoNaturalNormal or '
+            "AutoNaturalLowRankMVN."
+        )
+    draw_key, sign_key, probe_key = jax.random.split(rng_key, 3)
+    z = antithetic_draws(draw_key, family, natural, num_samples)
+    sign_keys = jax.random.split(sign_key, num_samples)
+    probes = jax.random.rademacher(probe_key, z.shape, z.dtype)
+
+    def per_draw(zi, key, v):
+        def prior(x):
+            return log_joint.split(x, key)[1]
+
+        (value, _, _), pullback = jax.vjp(lambda x: log_joint.split(x, key), zi)
+        one, zero = jnp.ones_like(value), jnp.zeros_like(value)
+        (grad,) = pullback((one, zero, zero))
+        (signed_grad,) = pullback((zero, zero, one))
+        _, prior_hv = jax.jvp(jax.grad(prior), (zi,), (v,))
+        return value, grad, v * prior_hv - signed_grad**2
+
+    values, grads, diags = jax.vmap(per_draw)(z, sign_keys, probes)
+    return Estimate(_bonnet_price(family, natural, grads.mean(0), diags.mean(0)), values)
 
 
-def default_estimator(family, dim: int) -> str:
-    """Exact Hessians while they are cheap; then O(d)-memory curvature."""
+def _squared_gradients_low_rank(log_joint, family, natural, rng_key, num_samples) -> Estimate:
+    """SLANG's curvature: the empirical Fisher −Σₙ∇ℓₙ∇ℓₙᵀ ≈ −GGᵀ/S from one randomly signed
+    gradient g_s = Σₙ sₙ∇ℓₙ(z_s) per draw (E_s[g gᵀ] = Σₙ∇ℓₙ∇ℓₙᵀ), plus the prior's diagonal
+    (`_prior_diagonal`). Negative semi-definite, so D' ≥ (1−ρ)D − ρc > 0 needs no halving."""
+    z = antithetic_draws(rng_key, family, natural, num_samples)
+    sign_keys = jax.random.split(jax.random.fold_in(rng_key, 2), num_samples)
+
+    def per_draw(zi, key):
+        (value, _, _), pullback = jax.vjp(lambda x: log_joint.split(x, key), zi)
+        one, zero = jnp.ones_like(value), jnp.zeros_like(value)
+        return value, pullback((one, zero, zero))[0], pullback((zero, zero, one))[0]
+
+    values, grads, signed = jax.vmap(per_draw)(z, sign_keys)
+    prior = _prior_diagonal(log_joint, family, natural, jax.random.fold_in(rng_key, 1))
+    weights = -jnp.eye(num_samples, dtype=z.dtype) / num_samples
+    return Estimate(LowRankCurvature(grads.mean(0), signed.T, weights, prior), values)
+
+
+ESTIMATORS = {
+    "hessian": price_hessian,
+    "hvp": hutchinson_hvp,
+    "stein": stein,
+    "gradsq": squared_gradients,
+    "reparam": reparam,
+}
+
+
+def default_estimator(family, dim: int, num_observations: int = 0) -> str:
+    """Exact Hessians while they are cheap; then O(d)-memory curvature: for mean-field, the
+    per-observation Gauss–Newton ("gradsq", never indefinite) when the likelihood has more than
+    one observation term, else Hutchinson's diagonal ("hvp")."""
     if _diagonal(family):
-        return "hessian" if dim <= 100 else "hvp"
+        if dim <= 100:
+            return "hessian"
+        return "gradsq" if num_observations > 1 else "hvp"
+    if isinstance(family, LowRankNormal) and dim > 200:
+        # SLANG's own curvature: never indefinite, where Stein's needs halvings in high d
+        return "gradsq" if num_observations > 1 else "stein"
     return "hessian" if dim <= 200 else "stein"
 
 

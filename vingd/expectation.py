@@ -19,8 +19,11 @@ needs nothing special: every evaluation sees values of the sites' usual shapes.
 
 Cost: one model evaluation per grid point, Π_s (number of points of s), vectorised by `vmap`.
 
-`ExpFamELBO` is the numpyro loss built on it: discrete sites enumerated, continuous sites drawn,
-entropies in closed form.
+The ELBO estimator built on it, shared by `ExpFamELBO` (numpyro's loss) and `vingd.fit`, works
+per particle (`particles`): each site is summed over its atoms ("exact"), drawn with
+reparameterised gradients ("draw"), or drawn with score-function gradients and a leave-one-out
+baseline ("score", for discrete supports too large to enumerate; `surrogate`). Entropies are in
+closed form.
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ import numpy as np
 from numpyro import handlers
 from numpyro.distributions.util import scale_and_mask
 from numpyro.infer.elbo import ELBO
+
+from vingd.families import DiagonalNormal, LogNormal
 
 MAX_GRID = 2**14
 
@@ -141,27 +146,147 @@ def log_abs_det_jacobian(site, values, weights) -> jax.Array:
     return jnp.sum(weights * jac(values))
 
 
-def elbo(rng_key, params, model, guide, args, kwargs, num_particles=1) -> jax.Array:
-    """E_q[log p(y, z)] + H[q]: discrete sites summed exactly, continuous sites drawn.
+class Particles(NamedTuple):
+    """Per-particle terms of the ELBO estimator (`particles`), shape (S,) each.
 
-    `guide` is a set-up `AutoExpFamily`; `params` holds its natural parameters.
+    log_joints: E over the exact axes of log p(y, z) + log |det ∂x/∂u|, at particle i's draws.
+    log_q: Σ over score-function sites of log q_s(x_si | θ_s) (zeros without such sites).
     """
+
+    log_joints: jax.Array
+    log_q: jax.Array
+
+
+def site_modes(guide, exact=()) -> dict:
+    """`{site: mode}`: how `particles` treats each site of an `AutoExpFamily` guide.
+
+    "exact": the site's atoms (exact enumeration for discrete sites, moment atoms for continuous
+    ones, exact for conditionally conjugate sites; see `vingd.conjugate`); "draw": reparameterised
+    draws; "score": draws with score-function gradients. Discrete sites are "exact" under
+    `discrete="enumerate"` and "score" under `discrete="score"`; continuous sites are "draw"
+    unless named in `exact`.
+    """
+    modes = {}
+    for name, site in guide.sites.items():
+        if site.is_discrete:
+            modes[name] = "exact" if guide.discrete == "enumerate" else "score"
+        else:
+            modes[name] = "exact" if name in exact else "draw"
+    return modes
+
+
+def draws(site, rng_key, natural, num_particles: int) -> jax.Array:
+    """`num_particles` draws of a site's factor; antithetic pairs m ± δ (in log space for a
+    log-normal) for Gaussian factors when the number is even, so that the same key gives the
+    same noise at any θ (common random numbers)."""
+    family = site.family
+    antithetic = num_particles % 2 == 0 and isinstance(family, DiagonalNormal | LogNormal)
+    if not antithetic:
+        return family.sample(rng_key, natural, (num_particles,))
+    loc = family.natural_to_mean(natural)[0]  # E[z], or E[log x] for a log-normal
+    half = family.sample(rng_key, natural, (num_particles // 2,))
+    if isinstance(family, LogNormal):
+        return jnp.concatenate([half, jnp.exp(2 * loc) / half])
+    return jnp.concatenate([half, 2 * loc - half])
+
+
+def particles(
+    model, guide, naturals, modes, rng_key, num_particles, args, kwargs, *, means=None, params=None
+) -> Particles:
+    """The per-particle terms of E_q[log p(y, z)] under an `AutoExpFamily` guide.
+
+    Sites in mode "exact" enter through their atoms at mean parameter `means[site]` (default
+    μ(θ)), differentiable in μ; "draw" sites through `num_particles` reparameterised draws,
+    differentiable in θ; "score" sites through draws with no gradient, whose log q is returned
+    for a score-function term (`surrogate`). Particle i combines the i-th draw of every drawn site
+    with the full grid of the exact sites' atoms. Without drawn sites there is one particle.
+    """
+    means = dict(means or {})
     draw_key, model_key = jax.random.split(rng_key)
     keys = jax.random.split(draw_key, len(guide.sites))
-    axes, draws, total = [], {}, jnp.zeros(())
-    shared = jnp.full(num_particles, 1.0 / num_particles)
-    for key, site in zip(keys, guide.sites.values(), strict=True):
-        natural = params[site.param]
-        total = total + site.family.entropy(natural)
-        if site.is_discrete:
-            axes.append(atom_axis(site, site.family.natural_to_mean(natural))[0])
+    sampled = any(modes[name] != "exact" for name in guide.sites)
+    size = num_particles if sampled else 1
+    axes, constant = [], jnp.zeros(())
+    values, log_dets, log_q = {}, jnp.zeros(size), jnp.zeros(size)
+    for key, (name, site) in zip(keys, guide.sites.items(), strict=True):
+        natural = naturals[name]
+        if modes[name] == "exact":
+            mean = means[name] if name in means else site.family.natural_to_mean(natural)
+            axis, log_jacobian = atom_axis(site, mean)
+            axes.append(axis)
+            constant = constant + log_jacobian
+        elif modes[name] == "draw":
+            x = draws(site, key, natural, size)
+            values[name] = site.value(x)
+            if site.transform is not None:
+                log_dets = log_dets + jax.vmap(lambda u, s=site: _log_det(s, u))(x)
         else:
-            x = site.family.sample(key, natural, (num_particles,))
-            draws[site.name] = site.value(x)
-            total = total + log_abs_det_jacobian(site, x, shared)
-    if draws:
-        axes.append(Axis(draws, shared))
-    return total + expected_log_density(model, axes, args, kwargs, rng_key=model_key, params=params)
+            x = jax.lax.stop_gradient(site.family.sample(key, natural, (size,)))
+            values[name] = site.value(x)
+            log_q = log_q + jax.vmap(lambda v, s=site, t=natural: s.family.log_prob(t, v))(x)
+
+    def at(value):
+        point = Axis({k: v[None] for k, v in value.items()}, jnp.ones(1))
+        return expected_log_density(
+            model, [*axes, point], args, kwargs, rng_key=model_key, params=params
+        )
+
+    if values:
+        log_joints = jax.vmap(at)(values)
+    else:
+        log_joints = expected_log_density(
+            model, axes, args, kwargs, rng_key=model_key, params=params
+        )[None]
+    return Particles(log_joints + log_dets + constant, log_q)
+
+
+def _log_det(site, u) -> jax.Array:
+    return jnp.sum(site.transform.log_abs_det_jacobian(u, site.transform(u)))
+
+
+def surrogate(terms: Particles, baseline: bool = True) -> jax.Array:
+    """The mean of `terms.log_joints`, plus a zero-valued score-function term with gradient
+
+        (1/S) Σᵢ (fᵢ − bᵢ) ∇_θ log q(xᵢ),      bᵢ = (1/(S−1)) Σ_{j≠i} f_j,
+
+    the leave-one-out baseline (Kool, van Hoof & Welling 2019; Salimans & Knowles 2014): bᵢ is
+    independent of xᵢ, so the gradient stays unbiased, and it removes the common part of the
+    fᵢ, which dominates the variance of the plain score function. With one particle, or
+    `baseline=False`, bᵢ = 0.
+    """
+    f = terms.log_joints
+    size = f.shape[0]
+    if baseline and size > 1:
+        weights = jax.lax.stop_gradient(f - (f.sum() - f) / (size - 1))
+    else:
+        weights = jax.lax.stop_gradient(f)
+    score = terms.log_q - jax.lax.stop_gradient(terms.log_q)  # zero, with ∇ log q as gradient
+    return f.mean() + jnp.mean(weights * score)
+
+
+def elbo(
+    rng_key, params, model, guide, args, kwargs, num_particles=1, *, baseline=True
+) -> jax.Array:
+    """E_q[log p(y, z)] + H[q]: discrete sites summed exactly (or drawn with score-function
+    gradients and a leave-one-out baseline under `discrete="score"`), continuous sites drawn.
+
+    `guide` is a set-up `AutoExpFamily`; `params` holds its natural parameters. The value is an
+    unbiased ELBO estimate; its gradient in θ is an unbiased estimate of ∇_θ ELBO.
+    """
+    naturals = {name: params[site.param] for name, site in guide.sites.items()}
+    terms = particles(
+        model,
+        guide,
+        naturals,
+        site_modes(guide),
+        rng_key,
+        num_particles,
+        args,
+        kwargs,
+        params=params,
+    )
+    entropy = sum(site.family.entropy(naturals[name]) for name, site in guide.sites.items())
+    return surrogate(terms, baseline) + entropy
 
 
 class ExpFamELBO(ELBO):
@@ -170,13 +295,16 @@ class ExpFamELBO(ELBO):
     Discrete factors are summed over their supports exactly (no score function needed), each
     continuous factor contributes `num_particles` reparameterised draws, and entropies are in
     closed form. With `vingd.NGD` the discrete step is θ ← (1 − ρ)θ + ρ E_{q₋ₛ}[log p(z_s = k, ·)]
-    up to a constant, exact in expectation over the continuous draws.
+    up to a constant, exact in expectation over the continuous draws. For a guide with
+    `discrete="score"` the discrete factors are drawn too, with score-function gradients and a
+    leave-one-out baseline (`surrogate`; needs `num_particles` ≥ 2, else no baseline).
     """
 
     can_infer_discrete = True
 
-    def __init__(self, num_particles: int = 1):
+    def __init__(self, num_particles: int = 1, *, baseline: bool = True):
         super().__init__(num_particles=num_particles)
+        self.baseline = baseline
 
     def loss_with_mutable_state(self, rng_key, param_map, model, guide, *args, **kwargs):
         if not getattr(guide, "sites", None):
@@ -184,8 +312,27 @@ class ExpFamELBO(ELBO):
                 "ExpFamELBO needs a vingd.AutoExpFamily guide (set up by SVI.init); got "
                 f"{type(guide).__name__}."
             )
-        value = elbo(rng_key, param_map, model, guide, args, kwargs, self.num_particles)
+        value = elbo(
+            rng_key,
+            param_map,
+            model,
+            guide,
+            args,
+            kwargs,
+            self.num_particles,
+            baseline=self.baseline,
+        )
         return {"loss": -value, "mutable_state": None}
 
 
-__all__ = ["Axis", "ExpFamELBO", "elbo", "expected_log_density", "log_density_terms"]
+__all__ = [
+    "Axis",
+    "ExpFamELBO",
+    "Particles",
+    "elbo",
+    "expected_log_density",
+    "log_density_terms",
+    "particles",
+    "site_modes",
+    "surrogate",
+]

@@ -19,10 +19,13 @@ Which loss to use with `numpyro.infer.SVI`:
 - discrete latents, `discrete="enumerate"` (the default): `vingd.ExpFamELBO`, which sums every
   discrete factor over its support exactly (`vingd.expectation`). Plain `Trace_ELBO` has no
   score-function term and would give biased gradients for discrete sites;
-- discrete latents with supports too large to enumerate, `discrete="score"`: numpyro's
-  `TraceGraph_ELBO` (score-function gradients, Rao-Blackwellised by the dependency graph).
+- discrete latents with supports too large to enumerate, `discrete="score"`: `vingd.ExpFamELBO`
+  with `num_particles` ≥ 2 (score-function gradients with a leave-one-out baseline), or numpyro's
+  `TraceGraph_ELBO` (score-function gradients, Rao-Blackwellised by the dependency graph, no
+  baseline).
 
-For exact coordinate-ascent steps on conditionally conjugate models see `vingd.conjugate`.
+For exact coordinate-ascent steps on conditionally conjugate models see `vingd.conjugate`;
+`vingd.fit` takes them (and Monte Carlo steps elsewhere) in its own loop (`vingd.expfam_fit`).
 """
 
 from __future__ import annotations
@@ -170,6 +173,11 @@ class AutoExpFamily(AutoGuide):
             "score" (score-function gradients; use numpyro's `TraceGraph_ELBO`).
         max_support: the largest support a discrete site may have under "enumerate".
     """
+
+    #: `vingd.fit`'s default (initial) ρ where some site is estimated by Monte Carlo.
+    default_step_size = 0.5
+    #: `vingd.fit`'s default heavy-ball momentum.
+    default_momentum = 0.0
 
     def __init__(
         self,

@@ -1,6 +1,6 @@
 """Exponential-family guides whose parameters are natural parameters.
 
-Both guides are `numpyro.infer.autoguide.AutoGuide`s: they work in `SVI`, `Predictive`,
+The guides are `numpyro.infer.autoguide.AutoGuide`s: they work in `SVI`, `Predictive`,
 `sample_posterior`, `median` and `quantiles` like numpyro's own. Each registers, with
 `constraints.real`, one natural-parameter NamedTuple per family it holds, so `vingd.NGD`
 recognises what to update and how. For `vingd.fit` each guide also exposes a flat view:
@@ -22,6 +22,7 @@ from numpyro.infer.autoguide import AutoContinuous, AutoNormal
 from numpyro.infer.initialization import init_to_median
 
 from vingd.families import DiagonalNormal, MultivariateNormal
+from vingd.low_rank import LowRankNormal, LowRankNormalParams
 from vingd.validation import check_model
 
 
@@ -196,14 +197,102 @@ class AutoNaturalMVN(AutoContinuous):
         return self._unpack_latent(z)
 
 
+class AutoNaturalLowRankMVN(AutoContinuous):
+    """Gaussian over all unconstrained latents with precision Λ = UUᵀ + diag(D), U of `rank`
+    columns: SLANG (Mishkin et al. 2018), for latent dimensions in the thousands.
+
+    One parameter, `f"{prefix}_low_rank"`, holds `LowRankNormalParams(loc, factor, diag)`; it
+    starts at (prior median, 0, 1/init_scale²). Memory and time per step are O(d·rank²).
+    `vingd.fit` updates it (see `vingd.low_rank`); `vingd.NGD` does not. `get_posterior(params)`
+    is a numpyro distribution over the flat latent vector.
+
+    Args:
+        rank: columns of U, an integer in [1, d]; default round(√d), as numpyro's
+            `AutoLowRankMultivariateNormal`.
+    """
+
+    family = LowRankNormal()
+    default_step_size = 0.5
+    default_momentum = 0.0
+
+    def __init__(
+        self, model, *, rank=None, prefix="auto", init_loc_fn=init_to_median, init_scale=0.1
+    ):
+        if rank is not None and (not isinstance(rank, int) or isinstance(rank, bool) or rank < 1):
+            raise ValueError(f"rank must be an integer >= 1 (or None for √d), got {rank!r}.")
+        _validate_init_scale(init_scale)
+        self.rank, self._init_scale = rank, init_scale
+        super().__init__(model, prefix=prefix, init_loc_fn=init_loc_fn)
+
+    def _setup_prototype(self, *args, **kwargs):
+        check_model(self.model, args, kwargs, type(self).__name__)
+        super()._setup_prototype(*args, **kwargs)
+        if self.rank is None:
+            self.rank = max(1, round(self.latent_dim**0.5))
+        if self.rank > self.latent_dim:
+            self.prototype_trace = None  # stay unset: a later call must not pass with this rank
+            raise ValueError(
+                f"rank must be at most the latent dimension {self.latent_dim}, got {self.rank}; "
+                f"use rank={self.latent_dim} (or AutoNaturalMVN) for a full-rank precision."
+            )
+
+    @property
+    def _param_name(self):
+        return f"{self.prefix}_low_rank"
+
+    def _get_posterior(self):
+        init = self._init_latent
+        params = LowRankNormalParams(
+            init,
+            jnp.zeros((self.latent_dim, self.rank), jnp.result_type(init)),
+            jnp.full_like(init, self._init_scale**-2),
+        )
+        return self.family.to_numpyro(numpyro.param(self._param_name, params))
+
+    def get_transform(self, params):
+        raise NotImplementedError(
+            f"{type(self).__name__} has no O(d·rank) bijection from base noise (its draws use "
+            "d + rank normals); use get_posterior(params) or sample_posterior."
+        )
+
+    def get_posterior(self, params):
+        """`LowRankPrecisionNormal` over the flat unconstrained latents."""
+        return self.family.to_numpyro(params[self._param_name])
+
+    def median(self, params):
+        return self._unpack_and_constrain(params[self._param_name].loc, params)
+
+    def quantiles(self, params, quantiles):
+        posterior = self.get_posterior(params)
+        latent = dist.Normal(posterior.mean, jnp.sqrt(posterior.variance)).icdf(
+            jnp.asarray(quantiles)[..., None]
+        )
+        return self._unpack_and_constrain(latent, params)
+
+    # -- the flat view used by vingd.fit ---------------------------------------------------
+    @property
+    def flat_family(self):
+        return self.family
+
+    def flatten(self, params):
+        return params[self._param_name]
+
+    def unflatten(self, natural):
+        return {self._param_name: natural}
+
+    def unpack_latent(self, z):
+        return self._unpack_latent(z)
+
+
 def flat_view_of(guide):
     """Raise unless `guide` is a vingd guide usable by `vingd.fit`."""
-    if not isinstance(guide, AutoNaturalNormal | AutoNaturalMVN):
+    if not isinstance(guide, AutoNaturalNormal | AutoNaturalMVN | AutoNaturalLowRankMVN):
         raise ValueError(
-            f"vingd.fit needs a vingd guide (AutoNaturalNormal or AutoNaturalMVN), got "
+            f"vingd.fit needs a vingd guide (AutoNaturalNormal, AutoNaturalMVN, "
+            f"AutoNaturalLowRankMVN or AutoExpFamily), got "
             f"{type(guide).__name__}. For numpyro's guides use numpyro.infer.SVI."
         )
     return guide
 
 
-__all__ = ["AutoNaturalMVN", "AutoNaturalNormal"]
+__all__ = ["AutoNaturalLowRankMVN", "AutoNaturalMVN", "AutoNaturalNormal"]

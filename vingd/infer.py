@@ -9,9 +9,12 @@ Each step, on the guide's family over the flat unconstrained latent vector,
 Λ ← (1−ρ)Λ + ρ E[−∇²f], m ← m + ρ Λ⁻¹ E[∇f] (Khan et al. 2018). Around it:
 
 - domain: steps leaving the domain are corrected (iBLR), halved or rejected (`optim.damped_step`);
-- adaptive ρ (default): the ELBO is estimated with the same noise before and after each step
-  (common random numbers). A significant drop (beyond two standard errors of the paired
-  differences, capped by the estimate's own) declines the step and halves ρ; a significant gain
+- low-rank precision (`AutoNaturalLowRankMVN`): the family takes SLANG's projected step and
+  averages a projected mean precision (`vingd.low_rank`), halving steps that lose D > 0;
+- adaptive ρ (default): the ELBO is estimated with the same fresh noise before and after each
+  step (common random numbers; not the step's own draws, which would favour it). A significant
+  drop (beyond two standard errors of the paired differences, capped by the estimate's own)
+  declines the step and halves ρ; a significant gain
   grows ρ ×1.5 up to 1; a change within the noise keeps the step and shrinks ρ ×0.9, so ρ anneals
   once the fit reaches the Monte Carlo noise floor (as a Robbins–Monro schedule would);
 - mean-field with exact Hessians: the mean takes the Newton step of the ELBO,
@@ -29,6 +32,8 @@ Each step, on the guide's family over the flat unconstrained latent vector,
   a fresh minibatch and scales its log likelihood by N/B: unbiased natural-gradient steps.
 
 The chunk runs under `lax.scan` and is compiled once per model, guide, settings and shapes.
+`AutoExpFamily` guides (a family per site) take their step from `vingd.expfam_fit`, inside the
+same loop (`_scan_chunk`, `_run_fit`).
 """
 
 from __future__ import annotations
@@ -45,11 +50,12 @@ import numpy as np
 import optax
 from numpyro import handlers
 from numpyro.infer import Trace_ELBO
-from numpyro.infer.util import potential_energy
 from tqdm import tqdm
 
 from vingd.estimators import antithetic_draws, default_estimator, get_estimator
+from vingd.expfam import AutoExpFamily
 from vingd.guides import flat_view_of
+from vingd.log_joint import LogJoint, num_observations
 from vingd.optim import StepInfo, damped_step, validate_step_size
 from vingd.validation import check_model
 
@@ -159,10 +165,52 @@ def _newton_mean(family, natural, direction, displacement):
 
 
 def _run_chunk(state, arrays, cap, *, model, guide, config, static):
-    """`config.chunk` steps under `lax.scan`; steps at or past `cap` leave the state alone."""
+    """`config.chunk` steps on the guide's flat family (`_scan_chunk` around `propose`)."""
     args, kwargs = _merge_arrays(arrays, static)
     family = guide.flat_family
     estimator = get_estimator(config.estimator)
+
+    def propose(natural, velocity, rho, draw_key, model_key):
+        # one minibatch per step, if the model subsamples
+        log_joint = LogJoint(handlers.seed(model, model_key), args, kwargs, guide.unpack_latent)
+        estimate = estimator(log_joint, family, natural, draw_key, config.num_samples)
+        before = estimate.expected_log_joint + family.entropy(natural)
+        if hasattr(family, "ngd_step"):  # a curved family (low-rank SLANG) projects its own step
+            new, info = family.ngd_step(natural, estimate.grad_mean, rho, config.max_backoffs)
+        else:
+            direction = jax.tree.map(
+                lambda g, t, v: rho * (g - t) + config.momentum * v,
+                estimate.grad_mean,
+                natural,
+                velocity,
+            )
+            if estimate.newton_step is not None:
+                direction = _newton_mean(family, natural, direction, rho * estimate.newton_step)
+            new, info = damped_step(family, natural, direction, 1.0, config.max_backoffs)
+
+        def recheck(new):
+            # fresh noise, shared by θ and θ': the step was fitted to the estimator's draws, so
+            # re-using them would favour it (and keep ρ from annealing at the noise floor)
+            key = jax.random.fold_in(draw_key, 1)
+            draws = [antithetic_draws(key, family, x, config.num_samples) for x in (natural, new)]
+            values = [jax.vmap(log_joint)(x) for x in draws]
+            return values[1] - values[0], family.entropy(new) - family.entropy(natural), values[0]
+
+        return before, new, info, recheck
+
+    # where averaging the parameters themselves is meaningless, the family averages
+    return _scan_chunk(propose, state, cap, config, getattr(family, "average", None))
+
+
+def _scan_chunk(propose, state, cap, config, average=None):
+    """`config.chunk` steps under `lax.scan`; steps at or past `cap` leave the state alone.
+
+    The loop shared by every guide: `propose(θ, velocity, ρ, draw_key, model_key)` returns the
+    ELBO estimate at θ, a valid candidate θ', its `StepInfo`, and `recheck(θ')`: the per-draw
+    log-joint differences at θ' and θ with the same noise, the entropy change, and the log joints
+    at θ. Around it: ρ (adaptive, with the common-random-numbers ELBO check, or scheduled),
+    heavy-ball velocity, and the Polyak average of θ over the chunk's active steps.
+    """
     adaptive = config.step_size is None
     schedule = (
         config.step_size
@@ -172,31 +220,15 @@ def _run_chunk(state, arrays, cap, *, model, guide, config, static):
 
     def step(state, _):
         key, draw_key, model_key = jax.random.split(state.rng_key, 3)
-        seeded = handlers.seed(model, model_key)  # one minibatch per step, if the model subsamples
-
-        def log_joint(z):
-            return -potential_energy(seeded, args, kwargs, guide.unpack_latent(z))
-
         natural = state.natural
-        estimate = estimator(log_joint, family, natural, draw_key, config.num_samples)
-        before = estimate.expected_log_joint + family.entropy(natural)
         rho = state.step_size if adaptive else schedule(state.count)
-        direction = jax.tree.map(
-            lambda g, t, v: rho * (g - t) + config.momentum * v,
-            estimate.grad_mean,
-            natural,
-            state.velocity,
-        )
-        if estimate.newton_step is not None:
-            direction = _newton_mean(family, natural, direction, rho * estimate.newton_step)
-        new, info = damped_step(family, natural, direction, 1.0, config.max_backoffs)
+        before, new, info, recheck = propose(natural, state.velocity, rho, draw_key, model_key)
         if adaptive:
-            draws = antithetic_draws(draw_key, family, new, config.num_samples)
-            gains = jax.vmap(log_joint)(draws) - estimate.log_joints
-            gain = gains.mean() + family.entropy(new) - family.entropy(natural)
+            gains, entropy_change, log_joints = recheck(new)
+            gain = gains.mean() + entropy_change
             # noise scale: the paired differences' standard error, capped by the current
             # estimate's own (a wild candidate must not widen its own tolerance)
-            se = jnp.minimum(gains.std(), estimate.log_joints.std()) / math.sqrt(config.num_samples)
+            se = jnp.minimum(gains.std(), log_joints.std()) / math.sqrt(gains.shape[0])
             rounding = 10 * jnp.finfo(gains.dtype).eps * jnp.abs(before)
             accepted = jnp.isfinite(gain) & (gain >= -2 * se - rounding)
             improved = gain > 2 * se + rounding
@@ -222,24 +254,29 @@ def _run_chunk(state, arrays, cap, *, model, guide, config, static):
     state, (stats, naturals, active) = jax.lax.scan(step, state, length=config.chunk)
     # the mean of θ over the chunk's active steps: Polyak averaging in natural parameters
     weights = active / jnp.maximum(active.sum(), 1)
-    average = jax.tree.map(lambda x: jnp.tensordot(weights, x, axes=1), naturals)
-    return state, stats, average
+    if average is not None:
+        mean = average(naturals, weights)
+    else:
+        mean = jax.tree.map(lambda x: jnp.tensordot(weights, x, axes=1), naturals)
+    return state, stats, mean
 
 
 _COMPILED: collections.OrderedDict = collections.OrderedDict()
 _CACHE_SIZE = 32
 
 
-def _compiled_chunk(state, arrays, cap, **static):
-    """The compiled `_run_chunk` for these static settings and shapes, and its compile seconds."""
-    shapes = tuple((jnp.shape(x), jnp.result_type(x)) for x in jax.tree.leaves((state, arrays)))
-    key = (tuple(sorted(static.items(), key=lambda kv: kv[0])), shapes, jax.tree.structure(state))
+def _compiled(run, traced: tuple, **static):
+    """`run(*traced, **static)` compiled for these static settings and the shapes of `traced`
+    (cached), and its compile seconds (0.0 when cached)."""
+    shapes = tuple((jnp.shape(x), jnp.result_type(x)) for x in jax.tree.leaves(traced))
+    settings = tuple(sorted(static.items(), key=lambda kv: kv[0]))
+    key = (run, settings, shapes, jax.tree.structure(traced))
     if key in _COMPILED:
         _COMPILED.move_to_end(key)
         return _COMPILED[key], 0.0
     start = time.perf_counter()
-    fn = jax.jit(lambda *a: _run_chunk(*a, **static))
-    compiled = fn.lower(state, arrays, cap).compile()
+    fn = jax.jit(lambda *a: run(*a, **static))
+    compiled = fn.lower(*traced).compile()
     seconds = time.perf_counter() - start
     _COMPILED[key] = compiled
     while len(_COMPILED) > _CACHE_SIZE:
@@ -281,13 +318,17 @@ def fit(
 
     Args:
         model: a NumPyro model.
-        guide: `AutoNaturalNormal` or `AutoNaturalMVN` of `model`.
+        guide: `AutoNaturalNormal`, `AutoNaturalMVN` or `AutoNaturalLowRankMVN` of `model`,
+            or `AutoExpFamily` (one family per site; its step is in `vingd.expfam_fit`).
         num_steps: the most steps to take.
         step_size: None (default) for adaptive ρ, starting at `guide.default_step_size`; or a
             fixed ρ in (0, 1], or an optax schedule `step -> ρ`. ρ = 1 with the "hessian"
             estimator solves a conjugate Gaussian model in one step.
-        estimator: "hessian", "hvp", "stein" or "reparam" (see `vingd.estimators`); default
-            "hessian" for small latent dimension, else "hvp" (mean-field) or "stein" (full).
+        estimator: "hessian", "hvp", "stein", "gradsq" or "reparam" (`vingd.estimators`);
+            default "hessian" for small latent dimension, else "gradsq" (mean-field; "hvp" for
+            a likelihood without several observation terms) or "stein" (full), and
+            "gradsq" (SLANG's; else "stein") for `AutoNaturalLowRankMVN`. For `AutoExpFamily`:
+            "auto" (default; exact on conjugate and discrete sites) or "reparam".
         num_samples: even number of antithetic draws per step.
         momentum: heavy-ball β in [0, 1); default `guide.default_momentum`.
         tol: stop once a window's mean loss improves by less than max(tol·|loss|, 2 s.e.);
@@ -299,6 +340,26 @@ def fit(
         progress_bar: show a tqdm bar for fits of more than one window; None shows it only
             on a terminal.
     """
+    if isinstance(guide, AutoExpFamily):  # a product of families: vingd.expfam_fit
+        from vingd.expfam_fit import fit_exp_family  # (which imports this module)
+
+        return fit_exp_family(
+            model,
+            *args,
+            guide=guide,
+            num_steps=num_steps,
+            step_size=step_size,
+            estimator=estimator,
+            num_samples=num_samples,
+            momentum=momentum,
+            tol=tol,
+            window=window,
+            rng_key=rng_key,
+            init_params=init_params,
+            max_backoffs=max_backoffs,
+            progress_bar=progress_bar,
+            **kwargs,
+        )
     guide = flat_view_of(guide)
     momentum = guide.default_momentum if momentum is None else momentum
     _validate(num_steps, step_size, num_samples, max_backoffs, momentum, window, tol)
@@ -311,12 +372,19 @@ def fit(
     family = guide.flat_family
     if not bool(family.is_valid(natural)):
         raise ValueError("init_params are not valid natural parameters (precision must be > 0).")
-    dim = int(jnp.size(natural.eta1))
-    estimator = default_estimator(family, dim) if estimator is None else estimator
+    if momentum and hasattr(family, "ngd_step"):
+        raise ValueError(
+            f"momentum must be 0 for {type(guide).__name__}: its step is a projection, with no "
+            f"heavy-ball form; got {momentum!r}."
+        )
+    loc = family.loc(natural)
+    dim = int(jnp.size(loc))
+    if estimator is None:
+        estimator = default_estimator(family, dim, num_observations(model, args, kwargs))
     get_estimator(estimator)  # validates the name
 
     rho0 = guide.default_step_size if step_size is None else 1.0
-    dtype = jnp.result_type(natural.eta1)
+    dtype = jnp.result_type(loc)
     state = FitState(
         natural,
         jax.tree.map(jnp.zeros_like, natural),
@@ -329,15 +397,47 @@ def fit(
         min(window, num_steps), step_size, estimator, num_samples, momentum, max_backoffs
     )
     cap = jnp.asarray(num_steps, jnp.int32)
-    run, compile_seconds = _compiled_chunk(
-        state, arrays, cap, model=model, guide=guide, config=config, static=static
+    run, compile_seconds = _compiled(
+        _run_chunk, (state, arrays, cap), model=model, guide=guide, config=config, static=static
+    )
+    return _run_fit(
+        run,
+        state,
+        arrays,
+        cap,
+        config=config,
+        num_steps=num_steps,
+        tol=tol,
+        progress_bar=progress_bar,
+        is_valid=lambda natural: bool(family.is_valid(natural)),
+        unflatten=guide.unflatten,
+        estimator=estimator,
+        compile_seconds=compile_seconds,
     )
 
+
+def _run_fit(
+    run,
+    state,
+    arrays,
+    cap,
+    *,
+    config,
+    num_steps,
+    tol,
+    progress_bar,
+    is_valid,
+    unflatten,
+    estimator,
+    compile_seconds,
+) -> FitResult:
+    """Run the compiled chunk `run` until `num_steps` or convergence (shared by every guide);
+    `is_valid(θ)` guards the Polyak average, `unflatten(θ)` gives the params dict."""
     chunks, done = [], False
     start = time.perf_counter()
     with tqdm(
         total=num_steps,
-        disable=None if progress_bar is None else not progress_bar or num_steps <= window,
+        disable=None if progress_bar is None else not progress_bar or num_steps <= config.chunk,
         desc="vingd",
     ) as bar:
         while int(state.count) < num_steps and not done:
@@ -349,12 +449,12 @@ def fit(
             bar.set_postfix(loss=f"{float(np.mean(chunks[-1].loss)):.4g}")
             if tol is not None and len(chunks) >= 2 and taken == config.chunk:
                 done = converged(chunks[-2].loss, chunks[-1].loss, tol)
-    natural = average if done and family.is_valid(average) else state.natural
+    natural = average if done and is_valid(average) else state.natural
     jax.block_until_ready(natural)
     run_seconds = time.perf_counter() - start
     stats = jax.tree.map(lambda *xs: np.concatenate(xs), *chunks)
     return FitResult(
-        params=guide.unflatten(natural),
+        params=unflatten(natural),
         losses=stats.loss,
         step_sizes=stats.step_size,
         num_steps=int(state.count),

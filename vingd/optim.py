@@ -111,7 +111,8 @@ def natural_gradient(step_size=0.05, *, max_backoffs: int = 10) -> optax.Gradien
             raise ValueError(
                 f"vingd.NGD updates only natural parameters of vingd guides, but got other "
                 f"parameters {others}. Use a vingd guide (AutoNaturalNormal, AutoNaturalMVN), or "
-                "give those parameters their own optimizer with optax.multi_transform."
+                "give those parameters their own optimizer with optax.multi_transform. "
+                "AutoNaturalLowRankMVN's step is a projection, not θ + ρ∇_μ: fit it with vingd.fit."
             )
         zero = jnp.zeros((), jnp.int32)
         return NaturalGradientState(zero, StepInfo(zero, zero, zero))
