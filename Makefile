@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-slow lint format bench bench-native clean
+.PHONY: setup demo test test-slow lint format bench bench-cost bench-native clean
 
 setup: $(STAMP)
 
@@ -32,6 +32,9 @@ format: setup
 
 bench: setup
 	$(PY) benchmarks/run.py
+
+bench-cost: setup
+	$(PY) benchmarks/step_cost.py
 
 bench-native: setup
 	$(PY) benchmarks/native_families.py

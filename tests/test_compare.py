@@ -144,7 +144,10 @@ def test_default_methods_sweep_adam_learning_rates():
     ("kwargs", "match"),
     [
         ({"engine": "sgd", "family": "mvn"}, "engine must be one of"),
-        ({"engine": "vingd", "family": "full"}, "family must be 'mvn' or 'meanfield'"),
+        (
+            {"engine": "vingd", "family": "full"},
+            r"family must be one of \['lowrank', 'meanfield', 'mvn'\], got 'full'",
+        ),
         ({"engine": "vingd", "family": "mvn", "num_steps": 0}, "num_steps must be an integer"),
         ({"engine": "adam", "family": "mvn"}, "Adam's learning rate"),
         ({"engine": "vingd", "family": "mvn", "step_size": -1.0}, "step_size must be"),

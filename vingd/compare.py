@@ -30,19 +30,31 @@ import numpyro.distributions as dist
 import optax
 from numpyro import handlers
 from numpyro.infer import SVI, Trace_ELBO
-from numpyro.infer.autoguide import AutoMultivariateNormal, AutoNormal
+from numpyro.infer.autoguide import (
+    AutoLowRankMultivariateNormal,
+    AutoMultivariateNormal,
+    AutoNormal,
+)
 from numpyro.infer.initialization import init_to_median, init_to_value
 
 from vingd.diagnostics import PSIS, Draws, draw, verdict
 from vingd.estimators import get_estimator
-from vingd.guides import AutoNaturalMVN, AutoNaturalNormal
+from vingd.guides import AutoNaturalLowRankMVN, AutoNaturalMVN, AutoNaturalNormal
 from vingd.infer import fit
 from vingd.optim import validate_step_size
 from vingd.validation import trace_model
 
 GUIDES = {
-    "vingd": {"mvn": AutoNaturalMVN, "meanfield": AutoNaturalNormal},
-    "adam": {"mvn": AutoMultivariateNormal, "meanfield": AutoNormal},
+    "vingd": {
+        "mvn": AutoNaturalMVN,
+        "meanfield": AutoNaturalNormal,
+        "lowrank": AutoNaturalLowRankMVN,
+    },
+    "adam": {
+        "mvn": AutoMultivariateNormal,
+        "meanfield": AutoNormal,
+        "lowrank": AutoLowRankMultivariateNormal,
+    },
 }
 #: "Converged" means within this many nats of the best final ELBO.
 WITHIN = 1.0
@@ -54,7 +66,8 @@ class Method:
 
     Attributes:
         engine: "vingd" (`vingd.fit`) or "adam" (`numpyro.infer.SVI`, `optax.adam`, Trace_ELBO).
-        family: "mvn" (full-covariance Gaussian) or "meanfield" (diagonal Gaussian).
+        family: "mvn" (full-covariance Gaussian), "meanfield" (diagonal Gaussian) or "lowrank"
+            (rank √d plus diagonal: precision for vingd, covariance for numpyro).
         num_steps: the most steps (vingd stops earlier once converged; Adam takes them all).
         step_size: Adam's learning rate (required); vingd's fixed ρ, or None for adaptive ρ.
         estimator: vingd's ∇_μ estimator (see `vingd.estimators`); None for `fit`'s default.
@@ -70,7 +83,9 @@ class Method:
         if self.engine not in GUIDES:
             raise ValueError(f"engine must be one of {sorted(GUIDES)}, got {self.engine!r}.")
         if self.family not in GUIDES[self.engine]:
-            raise ValueError(f"family must be 'mvn' or 'meanfield', got {self.family!r}.")
+            raise ValueError(
+                f"family must be one of {sorted(GUIDES[self.engine])}, got {self.family!r}."
+            )
         steps = self.num_steps
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise ValueError(f"num_steps must be an integer >= 1, got {self.num_steps!r}.")

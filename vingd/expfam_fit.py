@@ -242,14 +242,7 @@ def fit_exp_family(
     num_draws = 1 if all_exact else num_samples
 
     rho0 = (1.0 if all_exact else guide.default_step_size) if step_size is None else 1.0
-    dtype = jnp.result_type(*jax.tree.leaves(start))
-    state = FitState(
-        start,
-        jax.tree.map(jnp.zeros_like, start),
-        jnp.asarray(rho0, dtype),
-        jnp.asarray(0, jnp.int32),
-        run_key,
-    )
+    state = FitState.start(start, rho0, run_key)
     arrays, static = _split_arrays((args, kwargs))
     config = FitConfig(
         min(window, num_steps), step_size, estimator, num_draws, momentum, max_backoffs

@@ -83,6 +83,14 @@ class FitState(NamedTuple):
     count: jax.Array
     rng_key: jax.Array
 
+    @classmethod
+    def start(cls, natural, step_size, rng_key) -> FitState:
+        """θ at rest (no velocity) with ρ = `step_size` in θ's dtype, at step 0."""
+        dtype = jnp.result_type(*jax.tree.leaves(natural))
+        zero = jnp.asarray(0, jnp.int32)
+        velocity = jax.tree.map(jnp.zeros_like, natural)
+        return cls(natural, velocity, jnp.asarray(step_size, dtype), zero, rng_key)
+
 
 class StepStats(NamedTuple):
     """Per-step diagnostics."""
@@ -384,14 +392,7 @@ def fit(
     get_estimator(estimator)  # validates the name
 
     rho0 = guide.default_step_size if step_size is None else 1.0
-    dtype = jnp.result_type(loc)
-    state = FitState(
-        natural,
-        jax.tree.map(jnp.zeros_like, natural),
-        jnp.asarray(rho0, dtype),
-        jnp.asarray(0, jnp.int32),
-        run_key,
-    )
+    state = FitState.start(natural, rho0, run_key)
     arrays, static = _split_arrays((args, kwargs))
     config = FitConfig(
         min(window, num_steps), step_size, estimator, num_samples, momentum, max_backoffs
