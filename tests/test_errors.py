@@ -66,6 +66,14 @@ def test_invalid_fit_settings(conjugate, kwargs, message):
         vingd.fit(linear_regression, conjugate.X, conjugate.y, guide=guide, **kwargs)
 
 
+@pytest.mark.parametrize("num_samples", [3, 0, True, 2.0])
+def test_invalid_natural_elbo_settings(num_samples):
+    with pytest.raises(ValueError, match="num_samples must be an even integer >= 2"):
+        vingd.NaturalELBO(num_samples=num_samples)
+    with pytest.raises(ValueError, match="estimator must be one of"):
+        vingd.NaturalELBO(estimator="newton")
+
+
 def test_fit_needs_a_vingd_guide(conjugate):
     from numpyro.infer.autoguide import AutoNormal
 

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from numpyro import handlers
 from numpyro.infer.elbo import ELBO
 
-from vingd.estimators import default_estimator, get_estimator
+from vingd.estimators import default_estimator, get_estimator, validate_num_samples
 from vingd.guides import flat_view_of
 from vingd.log_joint import LogJoint, num_observations
 
@@ -59,8 +59,7 @@ class NaturalELBO(ELBO):
     """
 
     def __init__(self, num_samples: int = 16, estimator: str | None = None):
-        if not isinstance(num_samples, int) or num_samples < 2 or num_samples % 2:
-            raise ValueError(f"num_samples must be an even integer >= 2, got {num_samples!r}.")
+        validate_num_samples(num_samples)
         if estimator is not None:
             get_estimator(estimator)
         self.num_samples = num_samples

@@ -47,6 +47,20 @@ class Estimate(NamedTuple):
         return self.log_joints.mean()
 
 
+def validate_num_samples(num_samples) -> None:
+    """Raise `ValueError` unless `num_samples` is an even integer >= 2 (antithetic pairs)."""
+    if (
+        isinstance(num_samples, bool)
+        or not isinstance(num_samples, int)
+        or num_samples < 2
+        or (num_samples % 2)
+    ):
+        raise ValueError(
+            f"num_samples must be an even integer >= 2 (draws come in antithetic pairs), got "
+            f"{num_samples!r}."
+        )
+
+
 def antithetic_draws(rng_key, family, natural, num_samples: int):
     """`num_samples` draws from q as pairs m ± (z − m); the same key gives the same noise."""
     loc = family.loc(natural)

@@ -130,7 +130,26 @@ class AutoNaturalNormal(AutoNormal):
         return self._unravel(z)
 
 
-class AutoNaturalMVN(AutoContinuous):
+class _FlatContinuous(AutoContinuous):
+    """An AutoContinuous guide with one parameter, its family over the flat latent: it is its
+    own flat view for `vingd.fit`."""
+
+    # -- the flat view used by vingd.fit ---------------------------------------------------
+    @property
+    def flat_family(self):
+        return self.family
+
+    def flatten(self, params):
+        return params[self._param_name]
+
+    def unflatten(self, natural):
+        return {self._param_name: natural}
+
+    def unpack_latent(self, z):
+        return self._unpack_latent(z)
+
+
+class AutoNaturalMVN(_FlatContinuous):
     """Full-covariance Gaussian over all unconstrained latents, raveled in `AutoContinuous` order.
 
     One parameter, `f"{prefix}_natural"`, holds θ = (Λm, −½Λ). `get_posterior(params)` is the
@@ -182,22 +201,8 @@ class AutoNaturalMVN(AutoContinuous):
         latent = dist.Normal(transform.loc, scale).icdf(jnp.asarray(quantiles)[..., None])
         return self._unpack_and_constrain(latent, params)
 
-    # -- the flat view used by vingd.fit ---------------------------------------------------
-    @property
-    def flat_family(self):
-        return self.family
 
-    def flatten(self, params):
-        return params[self._param_name]
-
-    def unflatten(self, natural):
-        return {self._param_name: natural}
-
-    def unpack_latent(self, z):
-        return self._unpack_latent(z)
-
-
-class AutoNaturalLowRankMVN(AutoContinuous):
+class AutoNaturalLowRankMVN(_FlatContinuous):
     """Gaussian over all unconstrained latents with precision Λ = UUᵀ + diag(D), U of `rank`
     columns: SLANG (Mishkin et al. 2018), for latent dimensions in the thousands.
 
@@ -268,20 +273,6 @@ class AutoNaturalLowRankMVN(AutoContinuous):
             jnp.asarray(quantiles)[..., None]
         )
         return self._unpack_and_constrain(latent, params)
-
-    # -- the flat view used by vingd.fit ---------------------------------------------------
-    @property
-    def flat_family(self):
-        return self.family
-
-    def flatten(self, params):
-        return params[self._param_name]
-
-    def unflatten(self, natural):
-        return {self._param_name: natural}
-
-    def unpack_latent(self, z):
-        return self._unpack_latent(z)
 
 
 def flat_view_of(guide):

@@ -52,7 +52,12 @@ from numpyro import handlers
 from numpyro.infer import Trace_ELBO
 from tqdm import tqdm
 
-from vingd.estimators import antithetic_draws, default_estimator, get_estimator
+from vingd.estimators import (
+    antithetic_draws,
+    default_estimator,
+    get_estimator,
+    validate_num_samples,
+)
 from vingd.expfam import AutoExpFamily
 from vingd.guides import flat_view_of
 from vingd.log_joint import LogJoint, num_observations
@@ -129,11 +134,7 @@ def _validate(num_steps, step_size, num_samples, max_backoffs, momentum, window,
         raise ValueError(f"num_steps must be an integer >= 1, got {num_steps!r}.")
     if step_size is not None:
         validate_step_size(step_size)
-    if not _is_int(num_samples) or num_samples < 2 or num_samples % 2:
-        raise ValueError(
-            f"num_samples must be an even integer >= 2 (draws come in antithetic pairs), got "
-            f"{num_samples!r}."
-        )
+    validate_num_samples(num_samples)
     if not _is_int(max_backoffs) or max_backoffs < 0:
         raise ValueError(f"max_backoffs must be an integer >= 0, got {max_backoffs!r}.")
     if not isinstance(momentum, int | float) or not 0 <= momentum < 1:

@@ -25,6 +25,7 @@ import jax.scipy.linalg as jsl
 import numpyro.distributions as dist
 from numpyro.distributions import constraints
 
+from vingd.families.base import Stateless
 from vingd.optim import StepInfo
 
 
@@ -64,19 +65,10 @@ def _truncate(q, inner, rank):
     return rotated[:, -rank:] * jnp.sqrt(kept[-rank:]), (rotated**2) @ (values - kept)
 
 
-class LowRankNormal:
+class LowRankNormal(Stateless):
     """N(m, (UUᵀ + diag D)⁻¹) over a vector: sampling, density and SLANG's step in O(dk²)."""
 
     natural_type = LowRankNormalParams
-
-    def __eq__(self, other):
-        return type(self) is type(other)
-
-    def __hash__(self):
-        return hash(type(self))
-
-    def __repr__(self):
-        return f"{type(self).__name__}()"
 
     # -- linear algebra ---------------------------------------------------------------
     @staticmethod

@@ -29,7 +29,20 @@ def tree_vdot(a: Params, b: Params) -> jax.Array:
     return sum(jnp.vdot(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
 
 
-class ExponentialFamily(abc.ABC):
+class Stateless:
+    """A family object holds no state: all instances of a class are equal (jit-static)."""
+
+    def __eq__(self, other):
+        return type(self) is type(other)
+
+    def __hash__(self):
+        return hash(type(self))
+
+    def __repr__(self):
+        return f"{type(self).__name__}()"
+
+
+class ExponentialFamily(Stateless, abc.ABC):
     """Base of vingd's exponential families.
 
     Subclasses name their parameter types (`natural_type`, `mean_type`) and implement
@@ -45,15 +58,6 @@ class ExponentialFamily(abc.ABC):
         super().__init_subclass__(**kwargs)
         if not getattr(cls, "__abstractmethods__", None):
             _FAMILY_OF_TYPE[cls.natural_type] = cls()
-
-    def __eq__(self, other):
-        return type(self) is type(other)
-
-    def __hash__(self):
-        return hash(type(self))
-
-    def __repr__(self):
-        return f"{type(self).__name__}()"
 
     # -- what a family must say ---------------------------------------------------------
     @abc.abstractmethod
