@@ -48,8 +48,8 @@ def natural_at(family):
     return MVN.from_loc_precision(jnp.array([0.3, -0.5]), jnp.array([[2.0, 0.6], [0.6, 1.5]]))
 
 
-# "gradsq" estimates a different curvature (Gauss–Newton), tested below
-UNBIASED = [name for name in ESTIMATORS if name != "gradsq"]
+# "gradsq" and "ggn" estimate other curvatures (empirical Fisher, Gauss–Newton), tested below
+UNBIASED = [name for name in ESTIMATORS if name not in ("gradsq", "ggn")]
 CASES = [(DIAG, name) for name in UNBIASED] + [(MVN, n) for n in UNBIASED if n != "hvp"]
 
 
@@ -93,11 +93,11 @@ def test_hessian_estimator_is_exact_for_quadratic_log_density(family):
 
 def test_default_estimator_and_bad_names():
     assert default_estimator(DIAG, 10) == "hessian" and default_estimator(DIAG, 5000) == "hvp"
-    assert default_estimator(DIAG, 5000, num_observations=500) == "gradsq"
+    assert default_estimator(DIAG, 5000, num_observations=500) == "ggn"
     assert default_estimator(MVN, 10) == "hessian" and default_estimator(MVN, 5000) == "stein"
     with pytest.raises(ValueError, match=r"estimator must be one of .*'hessian'.*got 'newton'"):
         get_estimator("newton")
-    for name in ("hvp", "gradsq"):
+    for name in ("hvp", "gradsq", "ggn"):
         with pytest.raises(ValueError, match="diagonal curvature"):
             get_estimator(name)(log_joint, MVN, natural_at(MVN), jax.random.PRNGKey(0), 2)
 
@@ -124,6 +124,44 @@ def test_gradsq_is_the_expected_per_observation_gauss_newton(conjugate):
     draws = jax.vmap(one)(jax.random.split(jax.random.PRNGKey(1), 2000))
     se = draws.std(0) / np.sqrt(draws.shape[0])
     assert np.all(np.abs(draws.mean(0) - expected) < 5 * se + 1e-9), (draws.mean(0), expected)
+
+
+def test_ggn_is_the_exact_hessian_for_a_gaussian_likelihood(conjugate):
+    """Normal likelihood, known σ: the Gauss–Newton Σₙ φₙ²/σ² is the Hessian, so "ggn" is
+    unbiased for the Price/Bonnet ∇_μ E_q[f] (here E[∇²f] does not depend on z)."""
+    guide = flat_view_of(AutoNaturalNormal(linear_regression))
+    initial_params(guide, jax.random.PRNGKey(0), conjugate.X, y=conjugate.y)
+    f = LogJoint(linear_regression, (conjugate.X,), {"y": conjugate.y}, guide.unpack_latent)
+    natural = DIAG.from_loc_scale(jnp.array([0.2, 0.5, -1.0, 0.1]), jnp.full(4, 0.3))
+    exact = get_estimator("hessian")(f, DIAG, natural, jax.random.PRNGKey(0), 2).grad_mean
+
+    def one(key):
+        return jnp.concatenate(get_estimator("ggn")(f, DIAG, natural, key, 8).grad_mean)
+
+    draws = jax.vmap(one)(jax.random.split(jax.random.PRNGKey(1), 2000))
+    se = draws.std(0) / np.sqrt(draws.shape[0])
+    assert np.all(np.abs(draws.mean(0) - jnp.concatenate(exact)) < 5 * se + 1e-9)
+
+
+def test_fisher_terms_give_the_logistic_fisher():
+    """Bernoulli logits: E_s[(∇ Σₙ sₙ√Fₙ ηₙ)²] = Σₙ pₙ(1 − pₙ) xₙ², the GGN diagonal."""
+    rng = np.random.default_rng(0)
+    X = jnp.asarray(rng.normal(size=(50, 3)))
+    y = jnp.asarray(rng.integers(0, 2, size=50), dtype=jnp.float64)
+
+    def logistic(X, y):
+        w = numpyro.sample("w", dist.Normal(0.0, 1.0).expand([3]).to_event(1))
+        numpyro.sample("y", dist.Bernoulli(logits=X @ w).to_event(1), obs=y)
+
+    f = LogJoint(logistic, (X, y), {}, lambda z: {"w": z})
+    w = jnp.array([0.5, -1.0, 0.3])
+    grads = jax.vmap(jax.grad(lambda z, k: f.split(z, k, fisher=True)[2]), (None, 0))(
+        w, jax.random.split(jax.random.PRNGKey(0), 4000)
+    )
+    p = jax.nn.sigmoid(X @ w)
+    expected = (p * (1 - p)) @ X**2
+    se = (grads**2).std(0) / np.sqrt(grads.shape[0])
+    assert np.all(np.abs((grads**2).mean(0) - expected) < 5 * se), ((grads**2).mean(0), expected)
 
 
 def test_log_joint_split_and_observation_terms(conjugate):

@@ -187,7 +187,7 @@ def test_averaging_reduces_monte_carlo_jitter_of_the_last_iterate(rng_key):
 
 
 def test_gauss_newton_default_keeps_a_neural_network_fit_valid_without_corrections(rng_key):
-    """Mean-field above 100 latents defaults to "gradsq", whose curvature −Σₙ(∇ℓₙ)² is never
+    """Mean-field above 100 latents defaults to "ggn", whose curvature −Σₙ Fₙ(∇ηₙ)² is never
     indefinite: no iBLR corrections on a tanh network, and an ELBO as good as Hutchinson's."""
     example = models.get("breast_cancer_bnn")
     args, kwargs = example.load()
@@ -198,7 +198,7 @@ def test_gauss_newton_default_keeps_a_neural_network_fit_valid_without_correctio
         result = vingd.fit(model, *args, guide=guide, estimator=estimator, rng_key=rng_key)
         elbos[result.estimator] = vingd.elbo(model, guide, result.params, *args, **kwargs)
         if estimator is None:
-            assert result.estimator == "gradsq" and result.num_corrected == 0
+            assert result.estimator == "ggn" and result.num_corrected == 0
             assert result.converged and np.all(np.isfinite(result.losses))
-    (ours, ours_se), (theirs, theirs_se) = elbos["gradsq"], elbos["hvp"]
+    (ours, ours_se), (theirs, theirs_se) = elbos["ggn"], elbos["hvp"]
     assert ours > theirs - 3 * np.hypot(ours_se, theirs_se), elbos

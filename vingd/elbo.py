@@ -54,8 +54,8 @@ class NaturalELBO(ELBO):
 
     Args:
         num_samples: even number of antithetic draws per step.
-        estimator: "hessian", "hvp", "stein", "gradsq" or "reparam"; default by family, dimension
-            and number of observations (`vingd.estimators.default_estimator`).
+        estimator: "hessian", "hvp", "stein", "gradsq", "ggn" or "reparam"; default by family,
+            dimension and number of observations (`vingd.estimators.default_estimator`).
     """
 
     def __init__(self, num_samples: int = 16, estimator: str | None = None):

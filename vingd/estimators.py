@@ -12,7 +12,8 @@ estimate E[∇²f] (the diagonal for a mean-field q). They differ in how they ge
 | "hessian" | exact Hessian (Price)                        | d grad. passes  | exact       |
 | "hvp"     | Hutchinson v ∘ (∇²f v), Rademacher v (diag)  | 2 grad. passes  | unbiased    |
 | "stein"   | Σ⁻¹(z − m)∇f(z)ᵀ, symmetrised (IVON's)       | 1 grad. pass    | unbiased    |
-| "gradsq"  | −Σₙ(∇ℓₙ)² (VOGN) + Hutchinson prior (diag)   | 2 grad. passes  | Gauss–Newton |
+| "gradsq"  | −Σₙ(∇ℓₙ)² (VOGN) + Hutchinson prior (diag)   | 2 grad. passes  | emp. Fisher |
+| "ggn"     | −Σₙ Fₙ(∇ηₙ)² (Fisher of the likelihood)      | 2 grad. passes  | Gauss–Newton |
 | "reparam" | autodiff in μ of a reparameterised E_q[f]    | 1 grad. pass    | unbiased    |
 
 Draws come in antithetic pairs m ± δ, so E[∇f] is exact for quadratic f, and with "hessian"
@@ -25,6 +26,7 @@ except the exact Hessian itself.
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import jax
@@ -185,7 +187,9 @@ def reparam(log_joint, family, natural, rng_key, num_samples: int = 8) -> Estima
     return Estimate(family.natural_type(*grad), values)
 
 
-def squared_gradients(log_joint, family, natural, rng_key, num_samples: int = 8) -> Estimate:
+def squared_gradients(
+    log_joint, family, natural, rng_key, num_samples: int = 8, *, fisher: bool = False
+) -> Estimate:
     """Diagonal Gauss–Newton curvature −Σₙ (∇ℓₙ)² of the observations (VOGN, Vadam), plus the
     Hutchinson diagonal of the rest of f (prior and Jacobians), which is exact where that part's
     Hessian is diagonal (independent priors).
@@ -195,14 +199,16 @@ def squared_gradients(log_joint, family, natural, rng_key, num_samples: int = 8)
     on non-convex likelihoods (e.g. neural networks) without corrections (Khan et al. 2018).
     It equals the expected Hessian of the log likelihood only at the optimum of a well-specified
     model (Kunstner et al. 2019), so the fixed point is near, not at, the mean-field optimum.
-    `log_joint` must be a `vingd.log_joint.LogJoint`.
+    With `fisher` ("ggn"), likelihoods with a known Fisher contribute Σₙ Fₙ(∇ηₙ)² instead: the
+    generalised Gauss–Newton, the model's own Fisher (`LogJoint.split`). `log_joint` must be a
+    `vingd.log_joint.LogJoint`.
     """
     if isinstance(family, LowRankNormal):
-        return _squared_gradients_low_rank(log_joint, family, natural, rng_key, num_samples)
+        return _squared_gradients_low_rank(log_joint, family, natural, rng_key, num_samples, fisher)
     if not _diagonal(family):
         raise ValueError(
-            'The "gradsq" estimator gives a diagonal curvature: use it with AutoNaturalNormal or '
-            "AutoNaturalLowRankMVN."
+            f'The "{"ggn" if fisher else "gradsq"}" estimator gives a diagonal curvature: use it '
+            "with AutoNaturalNormal or AutoNaturalLowRankMVN."
         )
     draw_key, sign_key, probe_key = jax.random.split(rng_key, 3)
     z = antithetic_draws(draw_key, family, natural, num_samples)
@@ -213,7 +219,7 @@ def squared_gradients(log_joint, family, natural, rng_key, num_samples: int = 8)
         def prior(x):
             return log_joint.split(x, key)[1]
 
-        (value, _, _), pullback = jax.vjp(lambda x: log_joint.split(x, key), zi)
+        (value, _, _), pullback = jax.vjp(lambda x: log_joint.split(x, key, fisher), zi)
         one, zero = jnp.ones_like(value), jnp.zeros_like(value)
         (grad,) = pullback((one, zero, zero))
         (signed_grad,) = pullback((zero, zero, one))
@@ -224,7 +230,9 @@ def squared_gradients(log_joint, family, natural, rng_key, num_samples: int = 8)
     return Estimate(_bonnet_price(family, natural, grads.mean(0), diags.mean(0)), values)
 
 
-def _squared_gradients_low_rank(log_joint, family, natural, rng_key, num_samples) -> Estimate:
+def _squared_gradients_low_rank(
+    log_joint, family, natural, rng_key, num_samples, fisher
+) -> Estimate:
     """SLANG's curvature: the empirical Fisher −Σₙ∇ℓₙ∇ℓₙᵀ ≈ −GGᵀ/S from one randomly signed
     gradient g_s = Σₙ sₙ∇ℓₙ(z_s) per draw (E_s[g gᵀ] = Σₙ∇ℓₙ∇ℓₙᵀ), plus the prior's diagonal
     (`_prior_diagonal`). Negative semi-definite, so D' ≥ (1−ρ)D − ρc > 0 needs no halving."""
@@ -232,7 +240,7 @@ def _squared_gradients_low_rank(log_joint, family, natural, rng_key, num_samples
     sign_keys = jax.random.split(jax.random.fold_in(rng_key, 2), num_samples)
 
     def per_draw(zi, key):
-        (value, _, _), pullback = jax.vjp(lambda x: log_joint.split(x, key), zi)
+        (value, _, _), pullback = jax.vjp(lambda x: log_joint.split(x, key, fisher), zi)
         one, zero = jnp.ones_like(value), jnp.zeros_like(value)
         return value, pullback((one, zero, zero))[0], pullback((zero, zero, one))[0]
 
@@ -247,21 +255,23 @@ ESTIMATORS = {
     "hvp": hutchinson_hvp,
     "stein": stein,
     "gradsq": squared_gradients,
+    "ggn": functools.partial(squared_gradients, fisher=True),
     "reparam": reparam,
 }
 
 
 def default_estimator(family, dim: int, num_observations: int = 0) -> str:
-    """Exact Hessians while they are cheap; then O(d)-memory curvature: for mean-field, the
-    per-observation Gauss–Newton ("gradsq", never indefinite) when the likelihood has more than
-    one observation term, else Hutchinson's diagonal ("hvp")."""
+    """Exact Hessians while they are cheap; then O(d)-memory curvature: for mean-field and low
+    rank, the Gauss–Newton of the observations ("ggn", never indefinite; the empirical Fisher
+    for likelihoods without a known Fisher) when the likelihood has more than one observation
+    term, else Hutchinson's diagonal ("hvp") or Stein's ("stein")."""
     if _diagonal(family):
         if dim <= 100:
             return "hessian"
-        return "gradsq" if num_observations > 1 else "hvp"
+        return "ggn" if num_observations > 1 else "hvp"
     if isinstance(family, LowRankNormal) and dim > 200:
-        # SLANG's own curvature: never indefinite, where Stein's needs halvings in high d
-        return "gradsq" if num_observations > 1 else "stein"
+        # never indefinite, where Stein's needs halvings in high d
+        return "ggn" if num_observations > 1 else "stein"
     return "hessian" if dim <= 200 else "stein"
 
 

@@ -333,10 +333,10 @@ def fit(
         step_size: None (default) for adaptive ρ, starting at `guide.default_step_size`; or a
             fixed ρ in (0, 1], or an optax schedule `step -> ρ`. ρ = 1 with the "hessian"
             estimator solves a conjugate Gaussian model in one step.
-        estimator: "hessian", "hvp", "stein", "gradsq" or "reparam" (`vingd.estimators`);
-            default "hessian" for small latent dimension, else "gradsq" (mean-field; "hvp" for
-            a likelihood without several observation terms) or "stein" (full), and
-            "gradsq" (SLANG's; else "stein") for `AutoNaturalLowRankMVN`. For `AutoExpFamily`:
+        estimator: "hessian", "hvp", "stein", "gradsq", "ggn" or "reparam"
+            (`vingd.estimators`); default "hessian" for small latent dimension, else "ggn"
+            (mean-field and low rank; "hvp" / "stein" for a likelihood without several
+            observation terms) or "stein" (full covariance). For `AutoExpFamily`:
             "auto" (default; exact on conjugate and discrete sites) or "reparam".
         num_samples: even number of antithetic draws per step.
         momentum: heavy-ball β in [0, 1); default `guide.default_momentum`.

@@ -10,6 +10,13 @@ so that E_s[(∇ℓ_s)²] = Σₙ (∇ℓₙ)²: the per-observation squared gra
 that VOGN and Vadam use as curvature) from one extra backward pass instead of one per
 observation. An observation is an element of an observed site's batch shape, with
 `to_event` dimensions unwrapped (a `Bernoulli(...).to_event(1)` over n labels has n terms).
+
+With `fisher=True` the signed sum is instead Σₙ sₙ √Fₙ ηₙ(z), for likelihoods written in
+parameters ηₙ whose Fisher information Fₙ is known (`fisher_terms`: Bernoulli and Binomial
+logits, Poisson log rate, Normal location and log scale), held fixed (no gradient): then
+E_s[(∇·)²] = Σₙ Fₙ(∇ηₙ)², the diagonal of the generalised Gauss–Newton matrix JᵀFJ
+(Schraudolph 2002; Martens 2020), the Fisher of the model. Other likelihoods keep their
+empirical terms.
 """
 
 from __future__ import annotations
@@ -35,6 +42,35 @@ def observation_terms(site) -> jax.Array:
     return terms
 
 
+def _observation_shape(fn, value) -> tuple[int, ...]:
+    return jnp.broadcast_shapes(fn.batch_shape, jnp.shape(value)[: jnp.ndim(value) - fn.event_dim])
+
+
+def fisher_terms(site) -> list[tuple[jax.Array, jax.Array]] | None:
+    """[(ηₙ, √Fₙ), ...] per observation of `site`, ηₙ a parameter of its likelihood and Fₙ
+    its Fisher information (scaled as the site is); None for other distributions."""
+    fn = site["fn"]
+    while isinstance(fn, dist.Independent | dist.ExpandedDistribution):
+        fn = fn.base_dist
+    shape = _observation_shape(fn, site["value"])
+    if isinstance(fn, dist.BernoulliLogits | dist.BernoulliProbs):
+        pairs = [(fn.logits, jnp.sqrt(jax.nn.sigmoid(fn.logits) * jax.nn.sigmoid(-fn.logits)))]
+    elif isinstance(fn, dist.BinomialLogits | dist.BinomialProbs):
+        p, q = jax.nn.sigmoid(fn.logits), jax.nn.sigmoid(-fn.logits)
+        pairs = [(fn.logits, jnp.sqrt(fn.total_count * p * q))]
+    elif type(fn) is dist.Poisson:
+        pairs = [(jnp.log(fn.rate), jnp.sqrt(fn.rate))]
+    elif type(fn) is dist.Normal:
+        pairs = [(fn.loc, 1 / fn.scale), (jnp.log(fn.scale), jnp.full_like(fn.scale, 2**0.5))]
+    else:
+        return None
+    scale = 1.0 if site["scale"] is None else jnp.sqrt(jnp.asarray(site["scale"]))
+    return [
+        (jnp.broadcast_to(eta, shape), jnp.broadcast_to(jax.lax.stop_gradient(root * scale), shape))
+        for eta, root in pairs
+    ]
+
+
 def num_observations(model, args, kwargs) -> int:
     """How many observation terms ℓₙ `model(*args, **kwargs)` has (see `observation_terms`)."""
     trace = trace_model(model, args, kwargs)
@@ -53,8 +89,9 @@ class LogJoint:
         params = self.unpack_latent(z)
         return -potential_energy(self.model, self.args, self.kwargs, params)
 
-    def split(self, z, rng_key) -> tuple[jax.Array, jax.Array, jax.Array]:
-        """(f(z), f_prior(z), Σₙ sₙ ℓₙ(z)) with signs sₙ drawn from `rng_key`, from one trace."""
+    def split(self, z, rng_key, fisher: bool = False) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """(f(z), f_prior(z), Σₙ sₙ ℓₙ(z)) with signs sₙ drawn from `rng_key`, from one trace;
+        with `fisher`, Σₙ sₙ √Fₙ ηₙ(z) for the likelihoods `fisher_terms` knows."""
         model = _unconstrain_params(self.model, self.unpack_latent(z))
         log_probs, trace = compute_log_probs(model, self.args, self.kwargs, {})
         observed = [s for s in trace.values() if s["type"] == "sample" and s["is_observed"]]
@@ -64,7 +101,11 @@ class LogJoint:
         total = prior + sum((log_probs[s["name"]] for s in observed), start=jnp.zeros(()))
         signed = jnp.zeros(())
         for i, site in enumerate(observed):
-            key = jax.random.fold_in(rng_key, i)
-            terms = observation_terms(site)
-            signed = signed + jnp.sum(jax.random.rademacher(key, terms.shape, terms.dtype) * terms)
+            pairs = fisher_terms(site) if fisher else None
+            if pairs is None:
+                pairs = [(observation_terms(site), 1.0)]
+            for j, (terms, weight) in enumerate(pairs):
+                key = jax.random.fold_in(jax.random.fold_in(rng_key, i), j)
+                signs = jax.random.rademacher(key, terms.shape, terms.dtype)
+                signed = signed + jnp.sum(signs * weight * terms)
         return total, prior, signed
