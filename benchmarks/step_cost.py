@@ -28,10 +28,11 @@ import vingd
 HERE = Path(__file__).parent
 #: (label, estimator, num_samples, step_size): None step size = adaptive
 SETTINGS = [
+    ("ggn, 2 draws, fixed ρ", "ggn", 2, 0.05),
     ("gradsq, 2 draws, fixed ρ", "gradsq", 2, 0.05),
     ("stein, 2 draws, fixed ρ", "stein", 2, 0.05),
     ("hvp, 2 draws, fixed ρ", "hvp", 2, 0.05),
-    ("gradsq, 16 draws, adaptive ρ (default)", "gradsq", 16, None),
+    ("ggn, 16 draws, adaptive ρ (default)", "ggn", 16, None),
     ("stein, 16 draws, adaptive ρ", "stein", 16, None),
 ]
 
