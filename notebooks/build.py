@@ -1074,9 +1074,8 @@ NATIVE_FAMILIES = [
         }
         fits, elbos = {}, {}
         for name, g in guides.items():
-            fits[name] = vingd.fit(
-                example.model, *args, guide=g, rng_key=jax.random.PRNGKey(0), **kwargs
-            )
+            key = jax.random.PRNGKey(0)
+            fits[name] = vingd.fit(example.model, *args, guide=g, rng_key=key, **kwargs)
             elbos[name] = vingd.elbo(example.model, g, fits[name].params, *args, **kwargs)
             value, se = elbos[name]
             q = np.ravel(g.quantiles(fits[name].params, [0.05, 0.5, 0.95])["tau"])
@@ -1093,13 +1092,12 @@ NATIVE_FAMILIES = [
     code(
         """
         fig, ax = plt.subplots(figsize=(6.5, 3.5))
-        ax.hist(reference, bins=np.linspace(0, 20, 61), density=True, color="0.8",
-                label="reference (Stan NUTS)")
+        bins = np.linspace(0, 20, 61)
+        ax.hist(reference, bins, density=True, color="0.8", label="reference (Stan NUTS)")
         for name, g in guides.items():
-            draws = g.sample_posterior(jax.random.PRNGKey(1), fits[name].params, *args,
-                                       sample_shape=(20_000,), **kwargs)["tau"]
-            ax.hist(np.asarray(draws), bins=np.linspace(0, 20, 61), density=True,
-                    histtype="step", linewidth=2, label=name)
+            key = jax.random.PRNGKey(1)
+            draws = g.sample_posterior(key, fits[name].params, *args, sample_shape=(20_000,))
+            ax.hist(draws["tau"], bins, density=True, histtype="step", linewidth=2, label=name)
         ax.set(xlabel="τ", ylabel="density", xlim=(0, 20))
         ax.legend();
         """
