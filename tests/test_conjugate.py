@@ -102,6 +102,17 @@ def normal_gamma_cavi_optimum(x, sweeps=500):
     return mu_n, lambda_n, a_n, b_n
 
 
+def cavi_sweeps(model, guide, params, num_sweeps, *args):
+    """`num_sweeps` CAVI sweeps from `params`: the last params and the ELBO after each sweep."""
+    sweep = jax.jit(lambda p: vingd.cavi_step(model, guide, p, *args))
+    elbo = jax.jit(lambda p: vingd.conjugate_elbo(model, guide, p, *args))
+    elbos = []
+    for _ in range(num_sweeps):
+        params = sweep(params)
+        elbos.append(float(elbo(params)))
+    return params, elbos
+
+
 @pytest.fixture(scope="module")
 def normal_data():
     return jnp.asarray(np.random.default_rng(1).normal(2.0, 0.7, size=25))
@@ -110,12 +121,7 @@ def normal_data():
 def test_normal_gamma_reaches_the_mean_field_cavi_optimum(normal_data):
     guide = vingd.AutoExpFamily(normal_gamma, init_loc_fn=init_to_uniform)
     params = guide.init_params(normal_data)
-    sweep = jax.jit(lambda p: vingd.cavi_step(normal_gamma, guide, p, normal_data))
-    elbo = jax.jit(lambda p: vingd.conjugate_elbo(normal_gamma, guide, p, normal_data))
-    elbos = []
-    for _ in range(40):
-        params = sweep(params)
-        elbos.append(float(elbo(params)))
+    params, elbos = cavi_sweeps(normal_gamma, guide, params, 40, normal_data)
     mu_n, lambda_n, a_n, b_n = normal_gamma_cavi_optimum(normal_data)
     loc, scale = NORMAL.loc_scale(params["mu_auto_natural"])
     shape, rate = guide.sites["tau"].family.shape_rate(params["tau_auto_natural"])
@@ -207,12 +213,7 @@ def test_gaussian_mixture_converges_to_the_cavi_answer(mixture_data):
     guide = vingd.AutoExpFamily(mixture, init_loc_fn=init_to_value(values={"locs": INIT_LOCS}))
     params = guide.init_params(mixture_data)
     assert default_order(guide) == ("z", "w", "locs")
-    sweep = jax.jit(lambda p: vingd.cavi_step(mixture, guide, p, mixture_data))
-    elbo = jax.jit(lambda p: vingd.conjugate_elbo(mixture, guide, p, mixture_data))
-    elbos = []
-    for _ in range(60):
-        params = sweep(params)
-        elbos.append(float(elbo(params)))
+    params, elbos = cavi_sweeps(mixture, guide, params, 60, mixture_data)
     r, alpha, m, s2 = mixture_cavi(mixture_data, INIT_LOCS)
     probs = jax.nn.softmax(params["z_auto_natural"].logits, -1)
     loc, scale = NORMAL.loc_scale(params["locs_auto_natural"])

@@ -242,38 +242,27 @@ def fit_exp_family(
     num_draws = 1 if all_exact else num_samples
 
     rho0 = (1.0 if all_exact else guide.default_step_size) if step_size is None else 1.0
-    state = FitState.start(start, rho0, run_key)
-    arrays, static = _split_arrays((args, kwargs))
     config = FitConfig(
         min(window, num_steps), step_size, estimator, num_draws, momentum, max_backoffs
-    )
-    cap = jnp.asarray(num_steps, jnp.int32)
-    run, compile_seconds = _compiled(
-        _run_chunk,
-        (state, arrays, cap),
-        model=model,
-        guide=guide,
-        config=config,
-        static=static,
-        modes=tuple(modes.items()),
     )
 
     def is_valid(params):
         return all(bool(s.family.is_valid(params[s.param])) for s in guide.sites.values())
 
     return _run_fit(
-        run,
-        state,
-        arrays,
-        cap,
+        _run_chunk,
+        FitState.start(start, rho0, run_key),
+        args,
+        kwargs,
         config=config,
         num_steps=num_steps,
         tol=tol,
         progress_bar=progress_bar,
         is_valid=is_valid,
         unflatten=dict,
-        estimator=estimator,
-        compile_seconds=compile_seconds,
+        model=model,
+        guide=guide,
+        modes=tuple(modes.items()),
     )
 
 

@@ -183,7 +183,8 @@ def _run_chunk(state, arrays, cap, *, model, guide, config, static):
         # one minibatch per step, if the model subsamples
         log_joint = LogJoint(handlers.seed(model, model_key), args, kwargs, guide.unpack_latent)
         estimate = estimator(log_joint, family, natural, draw_key, config.num_samples)
-        before = estimate.expected_log_joint + family.entropy(natural)
+        entropy = family.entropy(natural)
+        before = estimate.expected_log_joint + entropy
         if hasattr(family, "ngd_step"):  # a curved family (low-rank SLANG) projects its own step
             new, info = family.ngd_step(natural, estimate.grad_mean, rho, config.max_backoffs)
         else:
@@ -202,8 +203,8 @@ def _run_chunk(state, arrays, cap, *, model, guide, config, static):
             # re-using them would favour it (and keep ρ from annealing at the noise floor)
             key = jax.random.fold_in(draw_key, 1)
             draws = [antithetic_draws(key, family, x, config.num_samples) for x in (natural, new)]
-            values = [jax.vmap(log_joint)(x) for x in draws]
-            return values[1] - values[0], family.entropy(new) - family.entropy(natural), values[0]
+            old, now = jnp.split(jax.vmap(log_joint)(jnp.concatenate(draws)), 2)
+            return now - old, family.entropy(new) - entropy, old
 
         return before, new, info, recheck
 
@@ -393,36 +394,30 @@ def fit(
     get_estimator(estimator)  # validates the name
 
     rho0 = guide.default_step_size if step_size is None else 1.0
-    state = FitState.start(natural, rho0, run_key)
-    arrays, static = _split_arrays((args, kwargs))
     config = FitConfig(
         min(window, num_steps), step_size, estimator, num_samples, momentum, max_backoffs
     )
-    cap = jnp.asarray(num_steps, jnp.int32)
-    run, compile_seconds = _compiled(
-        _run_chunk, (state, arrays, cap), model=model, guide=guide, config=config, static=static
-    )
     return _run_fit(
-        run,
-        state,
-        arrays,
-        cap,
+        _run_chunk,
+        FitState.start(natural, rho0, run_key),
+        args,
+        kwargs,
         config=config,
         num_steps=num_steps,
         tol=tol,
         progress_bar=progress_bar,
         is_valid=lambda natural: bool(family.is_valid(natural)),
         unflatten=guide.unflatten,
-        estimator=estimator,
-        compile_seconds=compile_seconds,
+        model=model,
+        guide=guide,
     )
 
 
 def _run_fit(
-    run,
+    run_chunk,
     state,
-    arrays,
-    cap,
+    args,
+    kwargs,
     *,
     config,
     num_steps,
@@ -430,11 +425,16 @@ def _run_fit(
     progress_bar,
     is_valid,
     unflatten,
-    estimator,
-    compile_seconds,
+    **settings,
 ) -> FitResult:
-    """Run the compiled chunk `run` until `num_steps` or convergence (shared by every guide);
-    `is_valid(θ)` guards the Polyak average, `unflatten(θ)` gives the params dict."""
+    """Compile `run_chunk(state, arrays, cap, config=, static=, **settings)` once (cached) and run
+    it until `num_steps` or convergence (shared by every guide); `is_valid(θ)` guards the Polyak
+    average, `unflatten(θ)` gives the params dict."""
+    arrays, static = _split_arrays((args, kwargs))
+    cap = jnp.asarray(num_steps, jnp.int32)
+    run, compile_seconds = _compiled(
+        run_chunk, (state, arrays, cap), config=config, static=static, **settings
+    )
     chunks, done = [], False
     start = time.perf_counter()
     with tqdm(
@@ -466,7 +466,7 @@ def _run_fit(
         num_corrected=int(stats.info.num_corrected.sum()),
         num_backoffs=int(stats.info.num_backoffs.sum()),
         num_rejected=int(stats.info.num_rejected.sum()),
-        estimator=estimator,
+        estimator=config.estimator,
         compile_seconds=compile_seconds,
         run_seconds=run_seconds,
     )
