@@ -67,6 +67,17 @@ class AutoNaturalNormal(AutoNormal):
     def _param_name(self, site):
         return f"{site}_{self.prefix}_natural"
 
+    def _initial(self, site):
+        init_loc = self._init_locs[site]
+        return self.family.from_loc_scale(init_loc, jnp.full_like(init_loc, self._init_scale))
+
+    def init_params(self, *args, **kwargs) -> dict:
+        """The parameters a fit starts from (the guide is set up on first use, under a seed
+        handler): θ at the initial locations with scale `init_scale`."""
+        if self.prototype_trace is None:
+            self._setup_prototype(*args, **kwargs)
+        return {self._param_name(site): self._initial(site) for site in self._init_locs}
+
     def __call__(self, *args, **kwargs):
         if self.prototype_trace is None:
             self._setup_prototype(*args, **kwargs)
@@ -75,9 +86,7 @@ class AutoNaturalNormal(AutoNormal):
         for name, site in self.prototype_trace.items():
             if site["type"] != "sample" or site["is_observed"]:
                 continue
-            init_loc = self._init_locs[name]
-            init = self.family.from_loc_scale(init_loc, jnp.full_like(init_loc, self._init_scale))
-            natural = numpyro.param(self._param_name(name), init)
+            natural = numpyro.param(self._param_name(name), self._initial(name))
             loc, scale = self.family.loc_scale(natural)
             with ExitStack() as stack:
                 for frame in site["cond_indep_stack"]:
@@ -134,6 +143,19 @@ class _FlatContinuous(AutoContinuous):
     """An AutoContinuous guide with one parameter, its family over the flat latent: it is its
     own flat view for `vingd.fit`."""
 
+    def _initial(self):
+        raise NotImplementedError
+
+    def _get_posterior(self):
+        return self.family.to_numpyro(numpyro.param(self._param_name, self._initial()))
+
+    def init_params(self, *args, **kwargs) -> dict:
+        """The parameters a fit starts from (the guide is set up on first use, under a seed
+        handler), without drawing from the posterior as a guide call would."""
+        if self.prototype_trace is None:
+            self._setup_prototype(*args, **kwargs)
+        return {self._param_name: self._initial()}
+
     # -- the flat view used by vingd.fit ---------------------------------------------------
     @property
     def flat_family(self):
@@ -174,10 +196,9 @@ class AutoNaturalMVN(_FlatContinuous):
     def _param_name(self):
         return f"{self.prefix}_natural"
 
-    def _get_posterior(self):
+    def _initial(self):
         eye = jnp.eye(self.latent_dim, dtype=jnp.result_type(self._init_latent))
-        init = self.family.from_loc_precision(self._init_latent, eye / self._init_scale**2)
-        return self.family.to_numpyro(numpyro.param(self._param_name, init))
+        return self.family.from_loc_precision(self._init_latent, eye / self._init_scale**2)
 
     def get_base_dist(self):
         return dist.Normal(jnp.zeros(self.latent_dim), 1).to_event(1)
@@ -245,14 +266,13 @@ class AutoNaturalLowRankMVN(_FlatContinuous):
     def _param_name(self):
         return f"{self.prefix}_low_rank"
 
-    def _get_posterior(self):
+    def _initial(self):
         init = self._init_latent
-        params = LowRankNormalParams(
+        return LowRankNormalParams(
             init,
             jnp.zeros((self.latent_dim, self.rank), jnp.result_type(init)),
             jnp.full_like(init, self._init_scale**-2),
         )
-        return self.family.to_numpyro(numpyro.param(self._param_name, params))
 
     def get_transform(self, params):
         raise NotImplementedError(

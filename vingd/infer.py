@@ -295,9 +295,10 @@ def _compiled(run, traced: tuple, **static):
 
 
 def initial_params(guide, rng_key, *args, **kwargs) -> dict:
-    """The guide's initial parameters (as `SVI.init` would make them)."""
-    trace = handlers.trace(handlers.seed(guide, rng_key)).get_trace(*args, **kwargs)
-    return {name: site["value"] for name, site in trace.items() if site["type"] == "param"}
+    """The guide's initial parameters (as `SVI.init` would make them, without its draw from the
+    guide, whose first-use cost is a compilation per operation)."""
+    with handlers.seed(rng_seed=rng_key):
+        return guide.init_params(*args, **kwargs)
 
 
 def converged(previous: np.ndarray, last: np.ndarray, tol: float) -> bool:

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpyro.distributions as dist
 from numpyro.infer.util import _unconstrain_params, compute_log_probs, potential_energy
 
-from vingd.validation import trace_model
+from vingd.validation import inspect_model
 
 
 def observation_terms(site) -> jax.Array:
@@ -73,9 +73,12 @@ def fisher_terms(site) -> list[tuple[jax.Array, jax.Array]] | None:
 
 def num_observations(model, args, kwargs) -> int:
     """How many observation terms ℓₙ `model(*args, **kwargs)` has (see `observation_terms`)."""
-    trace = trace_model(model, args, kwargs)
-    observed = [s for s in trace.values() if s["type"] == "sample" and s["is_observed"]]
-    return sum(int(jnp.size(observation_terms(site))) for site in observed)
+
+    def count(trace):
+        observed = [s for s in trace.values() if s["type"] == "sample" and s["is_observed"]]
+        return sum(int(jnp.size(observation_terms(site))) for site in observed)
+
+    return inspect_model(model, args, kwargs, count)
 
 
 class LogJoint:

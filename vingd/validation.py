@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import jax
 import numpy as np
 from numpyro import handlers
@@ -20,6 +22,15 @@ def trace_model(model, args, kwargs):
         return handlers.trace(substituted).get_trace(*args, **kwargs)
 
 
+def inspect_model(model, args, kwargs, inspect):
+    """`inspect(trace)` for a run of `model` that is traced, not executed (`jax.eval_shape`):
+    shapes, supports and the arrays passed in are concrete, values computed in the model are
+    tracers. No operation is compiled, where an executed run compiles each one on first use."""
+    result = []
+    jax.eval_shape(lambda: result.append(inspect(trace_model(model, args, kwargs))))
+    return result[0]
+
+
 def check_model(model, args, kwargs, guide_name: str) -> None:
     """Raise `ValueError` for data or latents that natural-gradient Gaussian guides cannot fit.
 
@@ -27,8 +38,13 @@ def check_model(model, args, kwargs, guide_name: str) -> None:
     - discrete latent sites (exponential families for discrete latents are issue "Exponential
       families on their native supports");
     - no latent sites at all.
+
+    Observed values computed inside the model (rather than passed in) are not checked.
     """
-    trace = trace_model(model, args, kwargs)
+    inspect_model(model, args, kwargs, partial(_check_trace, guide_name=guide_name))
+
+
+def _check_trace(trace, guide_name: str) -> None:
     for name, site in trace.items():
         if site["type"] != "sample":
             continue
