@@ -86,3 +86,54 @@ def test_mean_field_params_are_named_per_site():
     back = guide.unflatten(flat)
     for k in result.params:
         np.testing.assert_array_equal(back[k].eta2, result.params[k].eta2)
+
+
+START = {"mu": 1.0, "tau": 2.0, "theta_raw": jnp.linspace(-1.0, 1.0, 8)}
+
+
+@pytest.mark.parametrize(
+    "ours, theirs",
+    [
+        (vingd.AutoNaturalNormal, numpyro.infer.autoguide.AutoNormal),
+        (vingd.AutoNaturalMVN, numpyro.infer.autoguide.AutoMultivariateNormal),
+    ],
+)
+def test_compiled_setup_matches_numpyros(ours, theirs):
+    """vingd's set-up (one compiled program for the initial values) leaves the guide as
+    numpyro's op-by-op set-up does: the same start, plates, event dims, order and transforms."""
+    init = numpyro.infer.init_to_value(values=START)
+    guides = [cls(eight_schools, init_loc_fn=init) for cls in (ours, theirs)]
+    for guide in guides:
+        guide._setup_prototype = handlers_seeded(guide._setup_prototype)
+        guide._setup_prototype(SIGMA, Y)
+    a, b = guides
+    assert list(a._init_locs) == list(b._init_locs) == ["mu", "tau", "theta_raw"]
+    for site in START:
+        np.testing.assert_allclose(a._init_locs[site], b._init_locs[site], rtol=1e-6)
+    np.testing.assert_allclose(a._init_locs["tau"], np.log(2.0), rtol=1e-6)  # unconstrained
+    assert a._prototype_frames == b._prototype_frames
+    assert a._prototype_frame_full_sizes == b._prototype_frame_full_sizes == {"school": 8}
+    constrained = [g._postprocess_fn(g._init_locs) for g in guides]
+    assert set(constrained[0]) == set(constrained[1]) >= {"theta", "tau"}  # deterministic too
+    for site, value in constrained[0].items():
+        np.testing.assert_allclose(value, constrained[1][site], rtol=1e-6)
+    if hasattr(b, "_event_dims"):
+        assert a._event_dims == b._event_dims
+    else:
+        np.testing.assert_allclose(a._init_latent, b._init_latent, rtol=1e-6)
+
+
+def handlers_seeded(setup):
+    return lambda *args: numpyro.handlers.seed(setup, 0)(*args)
+
+
+def test_setup_falls_back_to_numpyro_where_the_start_is_not_valid():
+    """Where the log density is not finite at the start, numpyro's set-up runs (with its
+    retries) and says so."""
+
+    def impossible():
+        numpyro.sample("x", dist.Normal(0.0, 1.0))
+        numpyro.factor("never", -jnp.inf)
+
+    with pytest.raises(RuntimeError, match="Cannot find valid initial parameters"):
+        vingd.fit(impossible, guide=vingd.AutoNaturalNormal(impossible), num_steps=2)

@@ -29,6 +29,7 @@ chunk per model, guide, settings and shapes.
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -41,13 +42,12 @@ from vingd.infer import (
     FitConfig,
     FitState,
     _compiled,
-    _merge_arrays,
     _run_fit,
     _scan_chunk,
-    _split_arrays,
     _validate,
 )
 from vingd.optim import StepInfo, damped_step
+from vingd.pytree import merge_arrays, split_arrays
 
 ESTIMATORS = ("auto", "reparam")
 #: the most atom-grid points per particle that exact continuous sites may add up to
@@ -58,9 +58,13 @@ def _entropy(guide, naturals) -> jax.Array:
     return sum(site.family.entropy(naturals[name]) for name, site in guide.sites.items())
 
 
+def _is_valid(guide, params) -> jax.Array:
+    return jnp.all(jnp.stack([s.family.is_valid(params[s.param]) for s in guide.sites.values()]))
+
+
 def _run_chunk(state, arrays, cap, *, model, guide, config, static, modes):
     """`config.chunk` steps of the product-family step (see the module docstring)."""
-    args, kwargs = _merge_arrays(arrays, static)
+    args, kwargs = merge_arrays(arrays, static)
     modes = dict(modes)
     names = {site.param: name for name, site in guide.sites.items()}
     exact = [n for n in guide.sites if modes[n] == "exact"]
@@ -123,12 +127,12 @@ def _run_chunk(state, arrays, cap, *, model, guide, config, static, modes):
         info = StepInfo(*(sum(x) for x in zip(*infos, strict=True)))
         return value + entropy, new, info, recheck
 
-    return _scan_chunk(propose, state, cap, config)
+    return _scan_chunk(propose, state, cap, config, partial(_is_valid, guide))
 
 
 def _affine_sites(params, arrays, *, model, guide, static, names):
     """`is_affine` for each site in `names`, at `params` (compiled once, like the chunk)."""
-    args, kwargs = _merge_arrays(arrays, static)
+    args, kwargs = merge_arrays(arrays, static)
     keys = jax.random.split(jax.random.PRNGKey(0), len(names))
     return jnp.stack(
         [
@@ -158,7 +162,7 @@ def estimators_by_site(model, guide, params, *args, estimator="auto", **kwargs) 
     grid = math.prod(atoms.values()) * 2 ** len(continuous)  # the check's: all sites' atoms
     if estimator == "reparam" or not continuous or grid > MAX_GRID:
         return modes
-    arrays, static = _split_arrays((args, kwargs))
+    arrays, static = split_arrays((args, kwargs))
     check, _ = _compiled(
         _affine_sites,
         ({s.param: params[s.param] for s in guide.sites.values()}, arrays),
@@ -246,9 +250,6 @@ def fit_exp_family(
         min(window, num_steps), step_size, estimator, num_draws, momentum, max_backoffs
     )
 
-    def is_valid(params):
-        return all(bool(s.family.is_valid(params[s.param])) for s in guide.sites.values())
-
     return _run_fit(
         _run_chunk,
         FitState.start(start, rho0, run_key),
@@ -258,7 +259,6 @@ def fit_exp_family(
         num_steps=num_steps,
         tol=tol,
         progress_bar=progress_bar,
-        is_valid=is_valid,
         unflatten=dict,
         model=model,
         guide=guide,

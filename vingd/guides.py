@@ -13,6 +13,7 @@ from __future__ import annotations
 from contextlib import ExitStack
 
 import jax.numpy as jnp
+import numpy as np
 import numpyro
 import numpyro.distributions as dist
 from jax.flatten_util import ravel_pytree
@@ -23,6 +24,7 @@ from numpyro.infer.initialization import init_to_median
 
 from vingd.families import DiagonalNormal, MultivariateNormal
 from vingd.low_rank import LowRankNormal, LowRankNormalParams
+from vingd.prototype import CompiledPrototype
 from vingd.validation import check_model
 
 
@@ -31,7 +33,7 @@ def _validate_init_scale(init_scale):
         raise ValueError(f"init_scale must be > 0, got {init_scale!r}.")
 
 
-class AutoNaturalNormal(AutoNormal):
+class AutoNaturalNormal(AutoNormal, CompiledPrototype):
     """Mean-field Gaussian, one `DiagonalNormal` per latent site in unconstrained space.
 
     Locations start at the prior median (`init_to_median`): Newton-like steps from there are
@@ -68,8 +70,9 @@ class AutoNaturalNormal(AutoNormal):
         return f"{site}_{self.prefix}_natural"
 
     def _initial(self, site):
-        init_loc = self._init_locs[site]
-        return self.family.from_loc_scale(init_loc, jnp.full_like(init_loc, self._init_scale))
+        # host arithmetic: operations on device arrays would each compile on first use
+        init_loc = np.asarray(self._init_locs[site])
+        return self.family.from_loc_scale(init_loc, np.full_like(init_loc, self._init_scale))
 
     def init_params(self, *args, **kwargs) -> dict:
         """The parameters a fit starts from (the guide is set up on first use, under a seed
@@ -139,7 +142,7 @@ class AutoNaturalNormal(AutoNormal):
         return self._unravel(z)
 
 
-class _FlatContinuous(AutoContinuous):
+class _FlatContinuous(AutoContinuous, CompiledPrototype):
     """An AutoContinuous guide with one parameter, its family over the flat latent: it is its
     own flat view for `vingd.fit`."""
 
@@ -197,8 +200,9 @@ class AutoNaturalMVN(_FlatContinuous):
         return f"{self.prefix}_natural"
 
     def _initial(self):
-        eye = jnp.eye(self.latent_dim, dtype=jnp.result_type(self._init_latent))
-        return self.family.from_loc_precision(self._init_latent, eye / self._init_scale**2)
+        init = np.asarray(self._init_latent)  # host arithmetic, as `AutoNaturalNormal._initial`
+        eye = np.eye(init.size, dtype=init.dtype)
+        return self.family.from_loc_precision(init, eye / self._init_scale**2)
 
     def get_base_dist(self):
         return dist.Normal(jnp.zeros(self.latent_dim), 1).to_event(1)
@@ -267,11 +271,11 @@ class AutoNaturalLowRankMVN(_FlatContinuous):
         return f"{self.prefix}_low_rank"
 
     def _initial(self):
-        init = self._init_latent
+        init = np.asarray(self._init_latent)  # host arithmetic, as `AutoNaturalNormal._initial`
         return LowRankNormalParams(
             init,
-            jnp.zeros((self.latent_dim, self.rank), jnp.result_type(init)),
-            jnp.full_like(init, self._init_scale**-2),
+            np.zeros((init.size, self.rank), init.dtype),
+            np.full_like(init, self._init_scale**-2),
         )
 
     def get_transform(self, params):

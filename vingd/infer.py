@@ -62,6 +62,7 @@ from vingd.expfam import AutoExpFamily
 from vingd.guides import flat_view_of
 from vingd.log_joint import LogJoint, num_observations
 from vingd.optim import StepInfo, damped_step, validate_step_size
+from vingd.pytree import merge_arrays, split_arrays
 from vingd.validation import check_model
 
 GROW, SHRINK, DECAY, MIN_STEP_SIZE = 1.5, 0.5, 0.9, 1e-4
@@ -92,9 +93,8 @@ class FitState(NamedTuple):
     def start(cls, natural, step_size, rng_key) -> FitState:
         """θ at rest (no velocity) with ρ = `step_size` in θ's dtype, at step 0."""
         dtype = jnp.result_type(*jax.tree.leaves(natural))
-        zero = jnp.asarray(0, jnp.int32)
-        velocity = jax.tree.map(jnp.zeros_like, natural)
-        return cls(natural, velocity, jnp.asarray(step_size, dtype), zero, rng_key)
+        velocity = jax.tree.map(np.zeros_like, natural)  # (host arrays: nothing to compile)
+        return cls(natural, velocity, np.asarray(step_size, dtype), np.int32(0), rng_key)
 
 
 class StepStats(NamedTuple):
@@ -145,21 +145,6 @@ def _validate(num_steps, step_size, num_samples, max_backoffs, momentum, window,
         raise ValueError(f"tol must be a number >= 0, or None to run all num_steps; got {tol!r}.")
 
 
-def _split_arrays(tree):
-    """Array leaves (traced) apart from the rest (static, hashed into the compile cache)."""
-    leaves, treedef = jax.tree.flatten(tree)
-    is_array = [isinstance(x, jax.Array | np.ndarray) for x in leaves]
-    arrays = [x for x, a in zip(leaves, is_array, strict=True) if a]
-    static = (treedef, tuple(None if a else x for x, a in zip(leaves, is_array, strict=True)))
-    return arrays, static
-
-
-def _merge_arrays(arrays, static):
-    treedef, leaves = static
-    it = iter(arrays)
-    return jax.tree.unflatten(treedef, [next(it) if x is None else x for x in leaves])
-
-
 def _tree_where(cond, a, b):
     return jax.tree.map(lambda x, y: jnp.where(cond, x, y), a, b)
 
@@ -175,7 +160,7 @@ def _newton_mean(family, natural, direction, displacement):
 
 def _run_chunk(state, arrays, cap, *, model, guide, config, static):
     """`config.chunk` steps on the guide's flat family (`_scan_chunk` around `propose`)."""
-    args, kwargs = _merge_arrays(arrays, static)
+    args, kwargs = merge_arrays(arrays, static)
     family = guide.flat_family
     estimator = get_estimator(config.estimator)
 
@@ -202,24 +187,29 @@ def _run_chunk(state, arrays, cap, *, model, guide, config, static):
             # fresh noise, shared by θ and θ': the step was fitted to the estimator's draws, so
             # re-using them would favour it (and keep ρ from annealing at the noise floor)
             key = jax.random.fold_in(draw_key, 1)
-            draws = [antithetic_draws(key, family, x, config.num_samples) for x in (natural, new)]
-            old, now = jnp.split(jax.vmap(log_joint)(jnp.concatenate(draws)), 2)
+            both = jax.tree.map(lambda a, b: jnp.stack([a, b]), natural, new)
+            # (one noise draw for both: vmap over θ with the key unbatched)
+            draws = jax.vmap(lambda x: antithetic_draws(key, family, x, config.num_samples))(both)
+            old, now = jnp.split(jax.vmap(log_joint)(draws.reshape(-1, draws.shape[-1])), 2)
             return now - old, family.entropy(new) - entropy, old
 
         return before, new, info, recheck
 
     # where averaging the parameters themselves is meaningless, the family averages
-    return _scan_chunk(propose, state, cap, config, getattr(family, "average", None))
+    return _scan_chunk(
+        propose, state, cap, config, family.is_valid, getattr(family, "average", None)
+    )
 
 
-def _scan_chunk(propose, state, cap, config, average=None):
+def _scan_chunk(propose, state, cap, config, is_valid, average=None):
     """`config.chunk` steps under `lax.scan`; steps at or past `cap` leave the state alone.
 
     The loop shared by every guide: `propose(θ, velocity, ρ, draw_key, model_key)` returns the
     ELBO estimate at θ, a valid candidate θ', its `StepInfo`, and `recheck(θ')`: the per-draw
     log-joint differences at θ' and θ with the same noise, the entropy change, and the log joints
     at θ. Around it: ρ (adaptive, with the common-random-numbers ELBO check, or scheduled),
-    heavy-ball velocity, and the Polyak average of θ over the chunk's active steps.
+    heavy-ball velocity, and the Polyak average of θ over the chunk's active steps, with
+    `is_valid` of it (in the program: evaluated op by op, it would compile each operation).
     """
     adaptive = config.step_size is None
     schedule = (
@@ -268,7 +258,7 @@ def _scan_chunk(propose, state, cap, config, average=None):
         mean = average(naturals, weights)
     else:
         mean = jax.tree.map(lambda x: jnp.tensordot(weights, x, axes=1), naturals)
-    return state, stats, mean
+    return state, stats, mean, is_valid(mean)
 
 
 _COMPILED: collections.OrderedDict = collections.OrderedDict()
@@ -377,19 +367,21 @@ def fit(
     check_model(model, args, kwargs, type(guide).__name__)
     rng_key = jax.random.PRNGKey(0) if rng_key is None else rng_key
     init_key, run_key = jax.random.split(rng_key)
-    if init_params is None:
-        init_params = initial_params(guide, init_key, *args, **kwargs)
-    natural = guide.flatten(init_params)
     family = guide.flat_family
-    if not bool(family.is_valid(natural)):
-        raise ValueError("init_params are not valid natural parameters (precision must be > 0).")
+    if init_params is None:  # (valid by construction)
+        natural = guide.flatten(initial_params(guide, init_key, *args, **kwargs))
+    else:
+        natural = guide.flatten(init_params)
+        if not bool(family.is_valid(natural)):
+            raise ValueError(
+                "init_params are not valid natural parameters (precision must be > 0)."
+            )
     if momentum and hasattr(family, "ngd_step"):
         raise ValueError(
             f"momentum must be 0 for {type(guide).__name__}: its step is a projection, with no "
             f"heavy-ball form; got {momentum!r}."
         )
-    loc = family.loc(natural)
-    dim = int(jnp.size(loc))
+    dim = sum(int(np.size(loc)) for loc in guide._init_locs.values())
     if estimator is None:
         estimator = default_estimator(family, dim, num_observations(model, args, kwargs))
     get_estimator(estimator)  # validates the name
@@ -407,7 +399,6 @@ def fit(
         num_steps=num_steps,
         tol=tol,
         progress_bar=progress_bar,
-        is_valid=lambda natural: bool(family.is_valid(natural)),
         unflatten=guide.unflatten,
         model=model,
         guide=guide,
@@ -424,14 +415,13 @@ def _run_fit(
     num_steps,
     tol,
     progress_bar,
-    is_valid,
     unflatten,
     **settings,
 ) -> FitResult:
     """Compile `run_chunk(state, arrays, cap, config=, static=, **settings)` once (cached) and run
-    it until `num_steps` or convergence (shared by every guide); `is_valid(θ)` guards the Polyak
-    average, `unflatten(θ)` gives the params dict."""
-    arrays, static = _split_arrays((args, kwargs))
+    it until `num_steps` or convergence (shared by every guide); the Polyak average is returned
+    where valid; `unflatten(θ)` gives the params dict."""
+    arrays, static = split_arrays((args, kwargs))
     cap = jnp.asarray(num_steps, jnp.int32)
     run, compile_seconds = _compiled(
         run_chunk, (state, arrays, cap), config=config, static=static, **settings
@@ -445,14 +435,14 @@ def _run_fit(
     ) as bar:
         while int(state.count) < num_steps and not done:
             before = int(state.count)
-            state, stats, average = run(state, arrays, cap)
+            state, stats, average, average_valid = run(state, arrays, cap)
             taken = int(state.count) - before
-            chunks.append(jax.tree.map(lambda x, n=taken: np.asarray(x[:n]), stats))
+            chunks.append(jax.tree.map(lambda x, n=taken: np.asarray(x)[:n], stats))
             bar.update(taken)
             bar.set_postfix(loss=f"{float(np.mean(chunks[-1].loss)):.4g}")
             if tol is not None and len(chunks) >= 2 and taken == config.chunk:
                 done = converged(chunks[-2].loss, chunks[-1].loss, tol)
-    natural = average if done and is_valid(average) else state.natural
+    natural = average if done and bool(average_valid) else state.natural
     jax.block_until_ready(natural)
     run_seconds = time.perf_counter() - start
     stats = jax.tree.map(lambda *xs: np.concatenate(xs), *chunks)

@@ -1,0 +1,125 @@
+"""What a user waits for one fit in a fresh Python process: vingd against NumPyro SVI + Adam.
+
+Each fit runs in its own new process and is timed from the call to the result: the guide's
+set-up, compilation and the run (imports, data loading and JAX's start-up apart: the same for
+both). In a fresh process every operation that runs outside a compiled program is compiled on
+first use, so set-up can cost more than the fit itself; `make bench` reports compile seconds
+and run seconds within one long process instead.
+
+- vingd: `vingd.fit` with its defaults (it stops when converged).
+- Adam: `SVI.init` + `SVI.run` from the same prior-median start (`init_to_median`), at the
+  learning rate and for the number of steps `make bench` found it needs to come within 1 nat
+  of the best ELBO (benchmarks/results.md); 10,000 steps where it never does.
+
+Median of `--repeats` processes per fit.
+
+    .venv/bin/python benchmarks/wall.py [--repeats N] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).parent
+ADAM_MAX_STEPS = 10_000
+
+
+def child(engine, model_name, family, lr, steps) -> dict:
+    """One fit in this (fresh) process; its wall seconds from the call to the result."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+    from numpyro.infer import SVI, Trace_ELBO
+    from numpyro.infer.initialization import init_to_median
+
+    import models
+    import vingd
+    from vingd.compare import GUIDES
+
+    example = models.get(model_name)
+    args, kwargs = example.load()
+    jnp.zeros(()).block_until_ready()  # JAX's start-up, outside the timing
+    guide = GUIDES[engine][family](example.model, init_loc_fn=init_to_median)
+    start = time.perf_counter()
+    if engine == "vingd":
+        result = vingd.fit(example.model, *args, guide=guide, progress_bar=False, **kwargs)
+        jax.block_until_ready(result.params)
+        return {
+            "seconds": time.perf_counter() - start,
+            "compile": result.compile_seconds,
+            "run": result.run_seconds,
+            "steps": result.num_steps,
+        }
+    svi = SVI(example.model, guide, optax.adam(lr), Trace_ELBO())
+    run = svi.run(jax.random.PRNGKey(0), steps, *args, progress_bar=False, **kwargs)
+    jax.block_until_ready(run.params)
+    return {"seconds": time.perf_counter() - start, "steps": steps}
+
+
+def adam_settings(results: Path) -> dict:
+    """(model, family) -> (learning rate, steps to 1 nat or None) from `make bench`'s table."""
+    row = re.compile(r"^\| (\S+) \| (\w+) \| \d+ \| (\S+) \(([\d.e-]+)\) \|", re.M)
+    return {
+        (m, family): (float(lr), None if steps == "—" else int(steps))
+        for m, family, steps, lr in row.findall(results.read_text())
+    }
+
+
+def timed(engine, model_name, family, lr, steps, repeats) -> list[dict]:
+    command = [sys.executable, __file__, "--child", engine, model_name, family, str(lr), str(steps)]
+    runs = []
+    for _ in range(repeats):
+        out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+        runs.append(json.loads(out.strip().splitlines()[-1]))
+    return runs
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--results", type=Path, default=HERE / "results.md")
+    parser.add_argument("--out", type=Path, default=HERE / "wall.md")
+    parser.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        engine, model_name, family, lr, steps = args.child
+        print(json.dumps(child(engine, model_name, family, float(lr), int(steps))))
+        return 0
+
+    lines = [
+        "| model | guide | vingd s (compile, run) | Adam s (steps, lr) | Adam / vingd |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for (model_name, family), (lr, steps) in adam_settings(args.results).items():
+        ours = timed("vingd", model_name, family, 0, 0, args.repeats)
+        theirs = timed("adam", model_name, family, lr, steps or ADAM_MAX_STEPS, args.repeats)
+        v = statistics.median(r["seconds"] for r in ours)
+        a = statistics.median(r["seconds"] for r in theirs)
+        compile_ = statistics.median(r["compile"] for r in ours)
+        run = statistics.median(r["run"] for r in ours)
+        reach = f"{steps:,}" if steps else f"{ADAM_MAX_STEPS:,}, never within 1 nat"
+        lines.append(
+            f"| {model_name} | {family} | {v:.2f} ({compile_:.2f}, {run:.3f}) "
+            f"| {a:.2f} ({reach}, {lr:g}) | {a / v:.2g}× |"
+        )
+        print(lines[-1], flush=True)
+    report = (
+        "# Fresh-process wall time, call to result: vingd vs NumPyro SVI + Adam\n\n"
+        f"Median of {args.repeats} processes per fit; see benchmarks/wall.py.\n\n"
+        + "\n".join(lines)
+        + "\n"
+    )
+    args.out.write_text(report)
+    print(f"Wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
