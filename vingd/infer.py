@@ -187,10 +187,8 @@ def _run_chunk(state, arrays, cap, *, model, guide, config, static):
             # fresh noise, shared by θ and θ': the step was fitted to the estimator's draws, so
             # re-using them would favour it (and keep ρ from annealing at the noise floor)
             key = jax.random.fold_in(draw_key, 1)
-            both = jax.tree.map(lambda a, b: jnp.stack([a, b]), natural, new)
-            # (one noise draw for both: vmap over θ with the key unbatched)
-            draws = jax.vmap(lambda x: antithetic_draws(key, family, x, config.num_samples))(both)
-            old, now = jnp.split(jax.vmap(log_joint)(draws.reshape(-1, draws.shape[-1])), 2)
+            draws = [antithetic_draws(key, family, x, config.num_samples) for x in (natural, new)]
+            old, now = jnp.split(jax.vmap(log_joint)(jnp.concatenate(draws)), 2)
             return now - old, family.entropy(new) - entropy, old
 
         return before, new, info, recheck
