@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-slow lint format bench bench-cost bench-native clean
+.PHONY: setup demo test test-slow lint format bench bench-cost bench-native bench-wall clean
 
 setup: $(STAMP)
 
@@ -38,6 +38,9 @@ bench-cost: setup
 
 bench-native: setup
 	$(PY) benchmarks/native_families.py
+
+bench-wall: setup
+	$(PY) benchmarks/wall.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

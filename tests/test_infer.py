@@ -88,6 +88,17 @@ def test_second_fit_with_same_shapes_does_not_recompile(rng_key):
     assert first.compile_seconds > 0 and second.compile_seconds == 0.0
     longer = vingd.fit(linear_regression, data.X, data.y, guide=guide, num_steps=4, rng_key=rng_key)
     assert longer.compile_seconds > 0  # a new static setting does compile
+    # a new guide for the same model (e.g. a notebook cell run again) reuses the program, and
+    # gives the same fit
+    fresh = vingd.AutoNaturalMVN(linear_regression)
+    again = vingd.fit(linear_regression, data.X, data.y, guide=fresh, num_steps=3, rng_key=rng_key)
+    assert again.compile_seconds == 0.0
+    np.testing.assert_array_equal(again.losses, first.losses)
+    other_model = vingd.AutoNaturalMVN(lambda X, y=None: linear_regression(X, y))
+    elsewhere = vingd.fit(
+        other_model.model, data.X, data.y, guide=other_model, num_steps=3, rng_key=rng_key
+    )
+    assert elsewhere.compile_seconds > 0  # another model compiles its own
 
 
 def improper_convex(x=None):

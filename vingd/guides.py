@@ -28,6 +28,13 @@ from vingd.prototype import CompiledPrototype
 from vingd.validation import check_model
 
 
+def _compile_key(guide):
+    """What `vingd.fit`'s compiled step depends on in a set-up guide: its class, its model and
+    the layout of the flat latent (site names and shapes, in order)."""
+    layout = tuple((name, np.shape(value)) for name, value in guide._init_locs.items())
+    return type(guide), guide.model, layout
+
+
 def _validate_init_scale(init_scale):
     if not init_scale > 0:
         raise ValueError(f"init_scale must be > 0, got {init_scale!r}.")
@@ -122,6 +129,10 @@ class AutoNaturalNormal(AutoNormal, CompiledPrototype):
 
     # -- the flat view used by vingd.fit ---------------------------------------------------
     @property
+    def compile_key(self):
+        return _compile_key(self)
+
+    @property
     def flat_family(self):
         return self.family
 
@@ -160,6 +171,10 @@ class _FlatContinuous(AutoContinuous, CompiledPrototype):
         return {self._param_name: self._initial()}
 
     # -- the flat view used by vingd.fit ---------------------------------------------------
+    @property
+    def compile_key(self):
+        return _compile_key(self)
+
     @property
     def flat_family(self):
         return self.family

@@ -267,7 +267,9 @@ def _compiled(run, traced: tuple, **static):
     """`run(*traced, **static)` compiled for these static settings and the shapes of `traced`
     (cached), and its compile seconds (0.0 when cached)."""
     shapes = tuple((jnp.shape(x), jnp.result_type(x)) for x in jax.tree.leaves(traced))
-    settings = tuple(sorted(static.items(), key=lambda kv: kv[0]))
+    # a guide is keyed by what the program depends on (its `compile_key`), not by identity,
+    # so that a new guide for the same model reuses the program
+    settings = tuple(sorted((k, getattr(v, "compile_key", v)) for k, v in static.items()))
     key = (run, settings, shapes, jax.tree.structure(traced))
     if key in _COMPILED:
         _COMPILED.move_to_end(key)
