@@ -90,14 +90,8 @@ def _bonnet_price(family, natural, grad, hess) -> object:
 def price_hessian(log_joint, family, natural, rng_key, num_samples: int = 8) -> Estimate:
     """Exact Hessians at each draw (small latent dimension)."""
     z = antithetic_draws(rng_key, family, natural, num_samples)
-
-    def grad_with_value(zi):
-        value, grad = jax.value_and_grad(log_joint)(zi)
-        return grad, (value, grad)
-
-    # forward over reverse: the Hessian, with f and ∇f from the same passes
-    hess, (values, grads) = jax.vmap(jax.jacfwd(grad_with_value, has_aux=True))(z)
-    grad, hess = grads.mean(0), hess.mean(0)
+    values, grads = jax.vmap(jax.value_and_grad(log_joint))(z)
+    grad, hess = grads.mean(0), jax.vmap(jax.hessian(log_joint))(z).mean(0)
     if isinstance(family, LowRankNormal):
         prior = _prior_diagonal(log_joint, family, natural, jax.random.fold_in(rng_key, 1))
         eye = jnp.eye(grad.shape[-1], dtype=grad.dtype)
