@@ -1,5 +1,7 @@
 """The guides behave as numpyro AutoGuides: plates, constrained sites, Predictive, posteriors."""
 
+import logging
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -137,3 +139,43 @@ def test_setup_falls_back_to_numpyro_where_the_start_is_not_valid():
 
     with pytest.raises(RuntimeError, match="Cannot find valid initial parameters"):
         vingd.fit(impossible, guide=vingd.AutoNaturalNormal(impossible), num_steps=2)
+
+
+def _compilations_in_setup(guide, *args):
+    """How many XLA programs the guide's set-up compiles (JAX logs each one)."""
+    messages = []
+
+    class Handler(logging.Handler):
+        def emit(self, record):
+            if "Finished XLA compilation" in record.getMessage():
+                messages.append(record.getMessage())
+
+    handler = Handler()
+    logging.getLogger("jax").addHandler(handler)
+    try:
+        with jax.log_compiles(True):
+            numpyro.handlers.seed(guide._setup_prototype, 0)(*args)
+    finally:
+        logging.getLogger("jax").removeHandler(handler)
+    return len(messages)
+
+
+def test_setup_compiles_a_few_programs_not_one_per_operation():
+    """Op-by-op set-up (numpyro's) compiles every operation on first use; vingd's compiles its
+    initial values as one program. Shapes no other test uses, so nothing is cached yet."""
+
+    def regression(X, y=None):
+        w = numpyro.sample("w", dist.Normal(0.0, 1.0).expand([X.shape[1]]).to_event(1))
+        s = numpyro.sample("s", dist.HalfNormal(1.0))
+        numpyro.sample("y", dist.Normal(X @ w, s), obs=y)
+
+    rng = np.random.default_rng(0)
+    counts = {}
+    for name, dim, guide_class in [
+        ("vingd", 37, vingd.AutoNaturalNormal),
+        ("numpyro", 38, numpyro.infer.autoguide.AutoNormal),
+    ]:
+        X = rng.normal(size=(51, dim))
+        guide = guide_class(regression, init_loc_fn=numpyro.infer.init_to_median)
+        counts[name] = _compilations_in_setup(guide, X, X.sum(1))
+    assert counts["vingd"] <= 25 and counts["numpyro"] >= 3 * counts["vingd"], counts
