@@ -31,7 +31,8 @@ Each step, on the guide's family over the flat unconstrained latent vector,
 - minibatches: the model is re-seeded each step, so `numpyro.plate(..., subsample_size=B)` draws
   a fresh minibatch and scales its log likelihood by N/B: unbiased natural-gradient steps.
 
-The chunk runs under `lax.scan` and is compiled once per model, guide, settings and shapes.
+The chunk runs under `lax.scan` and is compiled once per model, guide type and latent layout
+(`compile_key`), settings and shapes.
 `AutoExpFamily` guides (a family per site) take their step from `vingd.expfam_fit`, inside the
 same loop (`_scan_chunk`, `_run_fit`).
 """
