@@ -20,9 +20,9 @@ from jax.flatten_util import ravel_pytree
 from numpyro.distributions.transforms import LowerCholeskyAffine
 from numpyro.distributions.util import cholesky_of_inverse
 from numpyro.infer.autoguide import AutoContinuous, AutoNormal
-from numpyro.infer.initialization import init_to_median
 
 from vingd.families import DiagonalNormal, MultivariateNormal
+from vingd.initialization import init_to_median
 from vingd.low_rank import LowRankNormal, LowRankNormalParams
 from vingd.prototype import CompiledPrototype
 from vingd.validation import check_model
@@ -43,8 +43,9 @@ def _validate_init_scale(init_scale):
 class AutoNaturalNormal(AutoNormal, CompiledPrototype):
     """Mean-field Gaussian, one `DiagonalNormal` per latent site in unconstrained space.
 
-    Locations start at the prior median (`init_to_median`): Newton-like steps from there are
-    stable where a random start can saturate a likelihood. Parameters are named
+    Locations start at the prior median (`vingd.initialization.init_to_median`, exact where the
+    prior's CDF is known): Newton-like steps from there are stable where a random start can
+    saturate a likelihood. Parameters are named
     `f"{site}_{prefix}_natural"` and hold θ = (m/σ², −1/(2σ²)). Plates are
     recreated from the model, and constrained sites are reached through `biject_to`, exactly as in
     `AutoNormal` (whose posterior helpers this guide reuses).
