@@ -28,11 +28,27 @@ from vingd.prototype import CompiledPrototype
 from vingd.validation import check_model
 
 
-def _compile_key(guide):
-    """What `vingd.fit`'s compiled step depends on in a set-up guide: its class, its model and
-    the layout of the flat latent (site names and shapes, in order)."""
-    layout = tuple((name, np.shape(value)) for name, value in guide._init_locs.items())
-    return type(guide), guide.model, layout
+class _FlatView:
+    """What `vingd.fit` reads from a Gaussian guide besides its flat view (`flatten`,
+    `unflatten`, `unpack_latent`): the family, the initial parameters, the compile key."""
+
+    @property
+    def flat_family(self):
+        return self.family
+
+    @property
+    def compile_key(self):
+        """What `fit`'s compiled step depends on: the class, the model and the layout of the
+        flat latent (site names and shapes, in order)."""
+        layout = tuple((name, np.shape(value)) for name, value in self._init_locs.items())
+        return type(self), self.model, layout
+
+    def init_params(self, *args, **kwargs) -> dict:
+        """The parameters a fit starts from (the guide is set up on first use, under a seed
+        handler), without drawing from the guide as a guide call would."""
+        if self.prototype_trace is None:
+            self._setup_prototype(*args, **kwargs)
+        return self._initial_params()
 
 
 def _validate_init_scale(init_scale):
@@ -40,7 +56,7 @@ def _validate_init_scale(init_scale):
         raise ValueError(f"init_scale must be > 0, got {init_scale!r}.")
 
 
-class AutoNaturalNormal(AutoNormal, CompiledPrototype):
+class AutoNaturalNormal(AutoNormal, CompiledPrototype, _FlatView):
     """Mean-field Gaussian, one `DiagonalNormal` per latent site in unconstrained space.
 
     Locations start at the prior median (`vingd.initialization.init_to_median`, exact where the
@@ -82,11 +98,8 @@ class AutoNaturalNormal(AutoNormal, CompiledPrototype):
         init_loc = np.asarray(self._init_locs[site])
         return self.family.from_loc_scale(init_loc, np.full_like(init_loc, self._init_scale))
 
-    def init_params(self, *args, **kwargs) -> dict:
-        """The parameters a fit starts from (the guide is set up on first use, under a seed
-        handler): θ at the initial locations with scale `init_scale`."""
-        if self.prototype_trace is None:
-            self._setup_prototype(*args, **kwargs)
+    def _initial_params(self):
+        """θ at the initial locations with scale `init_scale`, per site."""
         return {self._param_name(site): self._initial(site) for site in self._init_locs}
 
     def __call__(self, *args, **kwargs):
@@ -129,14 +142,6 @@ class AutoNaturalNormal(AutoNormal, CompiledPrototype):
         return super().quantiles(self._as_loc_scale(params), quantiles)
 
     # -- the flat view used by vingd.fit ---------------------------------------------------
-    @property
-    def compile_key(self):
-        return _compile_key(self)
-
-    @property
-    def flat_family(self):
-        return self.family
-
     def flatten(self, params):
         """One `DiagonalNormalNatural` over the raveled unconstrained latents."""
         naturals = {site: params[self._param_name(site)] for site in self._init_locs}
@@ -154,32 +159,17 @@ class AutoNaturalNormal(AutoNormal, CompiledPrototype):
         return self._unravel(z)
 
 
-class _FlatContinuous(AutoContinuous, CompiledPrototype):
+class _FlatContinuous(AutoContinuous, CompiledPrototype, _FlatView):
     """An AutoContinuous guide with one parameter, its family over the flat latent: it is its
     own flat view for `vingd.fit`."""
-
-    def _initial(self):
-        raise NotImplementedError
 
     def _get_posterior(self):
         return self.family.to_numpyro(numpyro.param(self._param_name, self._initial()))
 
-    def init_params(self, *args, **kwargs) -> dict:
-        """The parameters a fit starts from (the guide is set up on first use, under a seed
-        handler), without drawing from the posterior as a guide call would."""
-        if self.prototype_trace is None:
-            self._setup_prototype(*args, **kwargs)
+    def _initial_params(self):
         return {self._param_name: self._initial()}
 
     # -- the flat view used by vingd.fit ---------------------------------------------------
-    @property
-    def compile_key(self):
-        return _compile_key(self)
-
-    @property
-    def flat_family(self):
-        return self.family
-
     def flatten(self, params):
         return params[self._param_name]
 
