@@ -3,8 +3,9 @@
 Each method runs `--steps` steps after compilation, `--repeats` times in one process; reported
 are the median seconds per step and its ratio to SVI + Adam (`AutoNormal`, one particle,
 `Trace_ELBO`, a `lax.scan` of updates). vingd runs with a fixed ρ (no ELBO check) and one
-antithetic pair of draws, the cheapest setting, and with its defaults (adaptive ρ: a second
-evaluation of the log joint per draw for the common-random-numbers check; 16 draws).
+draw (as Adam's one particle; IVON's setting) or one antithetic pair, the cheapest settings, and
+with its defaults (adaptive ρ: a second evaluation of the log joint per draw for the
+common-random-numbers check; 16 draws).
 
     .venv/bin/python benchmarks/step_cost.py [--steps N] [--repeats R] [--out FILE]
 """
@@ -28,6 +29,9 @@ import vingd
 HERE = Path(__file__).parent
 #: (label, estimator, num_samples, step_size): None step size = adaptive
 SETTINGS = [
+    ("ggn, 1 draw, fixed ρ", "ggn", 1, 0.05),
+    ("gradsq, 1 draw, fixed ρ", "gradsq", 1, 0.05),
+    ("stein, 1 draw, fixed ρ", "stein", 1, 0.05),
     ("ggn, 2 draws, fixed ρ", "ggn", 2, 0.05),
     ("gradsq, 2 draws, fixed ρ", "gradsq", 2, 0.05),
     ("stein, 2 draws, fixed ρ", "stein", 2, 0.05),

@@ -57,7 +57,8 @@ def test_non_finite_observations_are_named(conjugate, guide_class, bad):
         ({"step_size": 0.0}, "step_size must be a finite number > 0"),
         ({"step_size": -1.0}, "step_size must be a finite number > 0"),
         ({"step_size": float("nan")}, "step_size must be a finite number > 0"),
-        ({"num_samples": 3}, "num_samples must be an even integer"),
+        ({"num_samples": 3}, "num_samples must be 1 or an even integer"),
+        ({"num_samples": 1}, "num_samples=1 needs a fixed step_size"),
     ],
 )
 def test_invalid_fit_settings(conjugate, kwargs, message):
@@ -68,7 +69,7 @@ def test_invalid_fit_settings(conjugate, kwargs, message):
 
 @pytest.mark.parametrize("num_samples", [3, 0, True, 2.0])
 def test_invalid_natural_elbo_settings(num_samples):
-    with pytest.raises(ValueError, match="num_samples must be an even integer >= 2"):
+    with pytest.raises(ValueError, match="num_samples must be 1 or an even integer >= 2"):
         vingd.NaturalELBO(num_samples=num_samples)
     with pytest.raises(ValueError, match="estimator must be one of"):
         vingd.NaturalELBO(estimator="newton")

@@ -11,6 +11,9 @@ from numpyro.infer import SVI, Predictive, Trace_ELBO
 from scipy import stats
 
 import vingd
+from vingd.estimators import get_estimator
+from vingd.guides import flat_view_of
+from vingd.log_joint import LogJoint
 from vingd.low_rank import LowRankCurvature, LowRankNormal, LowRankNormalParams
 
 FAMILY = LowRankNormal()
@@ -137,6 +140,26 @@ def test_one_exact_step_below_full_rank_matches_the_full_steps_diagonal(conjugat
     target = 0.5 * dense_precision(start) + 0.5 * conjugate.precision[np.ix_(ORDER, ORDER)]
     np.testing.assert_allclose(np.diag(dense_precision(params)), np.diag(target), rtol=1e-10)
     assert params.factor.shape == (4, 2)
+
+
+@pytest.mark.parametrize("num_samples", [1, 2])
+def test_stein_curvature_is_unbiased_for_one_draw_and_for_a_pair(conjugate, num_samples):
+    """E[B W Bᵀ + diag(c)] = ∇²f exactly on the conjugate (quadratic) log joint, both for one
+    plain draw and for an antithetic pair (the paired form of `_stein_low_rank`)."""
+    guide = flat_view_of(vingd.AutoNaturalLowRankMVN(linear_regression, rank=2))
+    args = (conjugate.X, conjugate.y)
+    natural = guide.flatten(vingd.infer.initial_params(guide, jax.random.PRNGKey(1), *args))
+    log_joint = LogJoint(linear_regression, args, {}, guide.unpack_latent)
+
+    def dense(key):
+        curvature = get_estimator("stein")(log_joint, FAMILY, natural, key, num_samples).grad_mean
+        b = curvature.basis
+        return b @ curvature.weights @ b.T + jnp.diag(curvature.diag)
+
+    draws = jax.vmap(dense)(jax.random.split(jax.random.PRNGKey(2), 4000))
+    hessian = -conjugate.precision[np.ix_(ORDER, ORDER)]
+    se = draws.std(0) / np.sqrt(draws.shape[0])
+    assert np.all(np.abs(draws.mean(0) - hessian) < 5 * se + 1e-8), (draws.mean(0), hessian)
 
 
 def test_fit_with_stein_curvature_reaches_the_conjugate_posterior(conjugate, rng_key):

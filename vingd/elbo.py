@@ -53,7 +53,7 @@ class NaturalELBO(ELBO):
     """−ELBO of a vingd guide whose θ-gradient is −F(θ)·∇_μ ELBO from a vingd estimator.
 
     Args:
-        num_samples: even number of antithetic draws per step.
+        num_samples: draws per step: an even number (antithetic pairs), or 1.
         estimator: "hessian", "hvp", "stein", "gradsq", "ggn" or "reparam"; default by family,
             dimension and number of observations (`vingd.estimators.default_estimator`).
     """

@@ -50,21 +50,24 @@ class Estimate(NamedTuple):
 
 
 def validate_num_samples(num_samples) -> None:
-    """Raise `ValueError` unless `num_samples` is an even integer >= 2 (antithetic pairs)."""
+    """Raise `ValueError` unless `num_samples` is 1 or an even integer >= 2 (antithetic pairs)."""
     if (
         isinstance(num_samples, bool)
         or not isinstance(num_samples, int)
-        or num_samples < 2
-        or (num_samples % 2)
+        or num_samples < 1
+        or (num_samples > 1 and num_samples % 2)
     ):
         raise ValueError(
-            f"num_samples must be an even integer >= 2 (draws come in antithetic pairs), got "
-            f"{num_samples!r}."
+            f"num_samples must be 1 or an even integer >= 2 (draws come in antithetic pairs), "
+            f"got {num_samples!r}."
         )
 
 
 def antithetic_draws(rng_key, family, natural, num_samples: int):
-    """`num_samples` draws from q as pairs m ± (z − m); the same key gives the same noise."""
+    """`num_samples` draws from q as pairs m ± (z − m), or one plain draw for `num_samples` = 1
+    (the single-sample step of VOGN and IVON); the same key gives the same noise."""
+    if num_samples == 1:
+        return family.sample(rng_key, natural, (1,))
     loc = family.loc(natural)
     half = family.sample(rng_key, natural, (num_samples // 2,))
     return jnp.concatenate([half, 2 * loc - half])
@@ -161,11 +164,15 @@ def _stein_low_rank(log_joint, family, natural, z, grads, rng_key) -> LowRankCur
     diagonal removes most of the noise of a strong prior). Antithetic pairs share a direction
     (A_{s'} = −A_s), so AG̃ᵀ = Σ_pairs A_s(G̃_s − G̃_{s'})ᵀ: B has S columns, not 2S."""
     prior = _prior_diagonal(log_joint, family, natural, jax.random.fold_in(rng_key, 1))
-    half = z.shape[0] // 2
-    delta = z[:half] - family.loc(natural)
-    paired = grads[:half] - grads[half:] - 2 * prior * delta
+    delta = z - family.loc(natural)
+    if z.shape[0] == 1:  # a single draw: A = Λδ, G̃ = ∇f(z) − c∘δ
+        columns, paired = 1, grads - prior * delta
+    else:
+        columns = z.shape[0] // 2
+        delta = delta[:columns]
+        paired = grads[:columns] - grads[columns:] - 2 * prior * delta
     basis = jnp.concatenate([family.precision_matvec(natural, delta), paired]).T
-    eye, zero = jnp.eye(half, dtype=z.dtype), jnp.zeros((half, half), z.dtype)
+    eye, zero = jnp.eye(columns, dtype=z.dtype), jnp.zeros((columns, columns), z.dtype)
     weights = jnp.block([[zero, eye], [eye, zero]]) / (2 * z.shape[0])
     return LowRankCurvature(grads.mean(0), basis, weights, prior)
 

@@ -136,6 +136,11 @@ def _validate(num_steps, step_size, num_samples, max_backoffs, momentum, window,
     if step_size is not None:
         validate_step_size(step_size)
     validate_num_samples(num_samples)
+    if step_size is None and num_samples < 2:
+        raise ValueError(
+            "num_samples=1 needs a fixed step_size or a schedule: adaptive ρ (step_size=None) "
+            "judges each step by the spread of the ELBO change over at least 2 draws."
+        )
     if not _is_int(max_backoffs) or max_backoffs < 0:
         raise ValueError(f"max_backoffs must be an integer >= 0, got {max_backoffs!r}.")
     if not isinstance(momentum, int | float) or not 0 <= momentum < 1:
@@ -331,7 +336,8 @@ def fit(
             (mean-field and low rank; "hvp" / "stein" for a likelihood without several
             observation terms) or "stein" (full covariance). For `AutoExpFamily`:
             "auto" (default; exact on conjugate and discrete sites) or "reparam".
-        num_samples: even number of antithetic draws per step.
+        num_samples: draws per step: an even number (antithetic pairs), or 1 (one plain draw,
+            the cheapest step; with a fixed `step_size` or a schedule).
         momentum: heavy-ball β in [0, 1); default `guide.default_momentum`.
         tol: stop once a window's mean loss improves by less than max(tol·|loss|, 2 s.e.);
             None runs all `num_steps` and returns the last iterate.
