@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-slow lint format bench bench-cost bench-native bench-wall clean
+.PHONY: setup demo test test-slow lint format bench bench-cost bench-native bench-wall bench-accuracy clean
 
 setup: $(STAMP)
 
@@ -41,6 +41,9 @@ bench-native: setup
 
 bench-wall: setup
 	$(PY) benchmarks/wall.py
+
+bench-accuracy: setup
+	$(PY) benchmarks/accuracy.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
