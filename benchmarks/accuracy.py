@@ -38,6 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from numpyro import handlers
 from numpyro.infer import SVI, Trace_ELBO
 from numpyro.infer.util import constrain_fn
 
@@ -160,7 +161,8 @@ def _optimum_child(name, family, out):
     args, kwargs = example.load()
     init = _shared_start(example.model, args, kwargs, jax.random.PRNGKey(0))
     ref = vingd.AutoNaturalMVN(example.model, init_loc_fn=init)
-    ref.init_params(*args, **kwargs)
+    with handlers.seed(rng_seed=0):  # (the set-up's key)
+        ref.init_params(*args, **kwargs)
     dim = int(np.size(ref._init_latent))
     order = _site_index(ref._unpack_latent, dim)
     settings = OPTIMUM[name]
@@ -353,7 +355,8 @@ def main(argv=None) -> int:
         model_args, model_kwargs = example.load()
         init = _shared_start(example.model, model_args, model_kwargs, jax.random.PRNGKey(0))
         ref_guide = vingd.AutoNaturalMVN(example.model, init_loc_fn=init)
-        ref_guide.init_params(*model_args, **model_kwargs)
+        with handlers.seed(rng_seed=0):
+            ref_guide.init_params(*model_args, **model_kwargs)
         dim = int(np.size(ref_guide._init_latent))
         order = _site_index(ref_guide._unpack_latent, dim)
         reference = reference_for(example, SUITE[name])
