@@ -4,10 +4,10 @@ the reference posterior.
 For each model and Gaussian family (full covariance, mean field), over the unconstrained latents:
 
 - q*, the family's optimum: vingd with many draws per step in float64 (a burn-in with adaptive
-  ρ, then the Polyak average of θ over `window` steps at a fixed ρ, exact Hessians at every
-  draw), from two seeds: q* is their mean, their difference its own error. float64 because
-  float32 natural parameters cannot hold diamonds' q* (cond Λ ≈ 3.5e5: rounding θ* to float32
-  moves its mean by 0.15 sd);
+  ρ, then the Polyak average of θ over `window` steps at a fixed ρ; mean field takes its
+  exact Hessians at a quarter of those draws, as `fit` does), from two seeds: q* is their
+  mean, their difference its own error. float64 because float32 natural parameters cannot
+  hold diamonds' q* (cond Λ ≈ 3.5e5: rounding θ* to float32 moves its mean by 0.15 sd);
 - vingd's default fit (`vingd.fit`: 16 draws, adaptive ρ, its stopping rule) from `--seeds`
   seeds: the median and the worst;
 - SVI + Adam as `benchmarks/run.py` runs it: 10,000 steps, lr 1e-3, 1e-2, 5e-2, one particle;

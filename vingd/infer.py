@@ -33,9 +33,9 @@ Each step, on the guide's family over the flat unconstrained latent vector,
   in adaptive-restart acceleration), for large mean-field fits without exact Hessians;
 - stopping: after each chunk of `window` steps, stop when the mean loss improved less than
   max(`tol`·|loss|, 2 standard errors) since the previous chunk; then return the average of θ
-  over that last chunk (Polyak averaging in natural parameters): settled at ρ = 0.2, it has the
-  Monte Carlo error of the mean of about `window` steps' targets, 1.8× below the last iterate's
-  (tested on a skewed posterior whose Gaussian optimum is exact);
+  over that last chunk (Polyak averaging in natural parameters): settled at ρ = `SETTLE`, it
+  has the Monte Carlo error of the mean of about `window` steps' targets, 1.8× below the last
+  iterate's (tested on a skewed posterior whose Gaussian optimum is exact);
 - minibatches: the model is re-seeded each step, so `numpyro.plate(..., subsample_size=B)` draws
   a fresh minibatch and scales its log likelihood by N/B: unbiased natural-gradient steps.
 
