@@ -101,6 +101,19 @@ def test_second_fit_with_same_shapes_does_not_recompile(rng_key):
     assert elsewhere.compile_seconds > 0  # another model compiles its own
 
 
+def test_progress_bar_shows_only_when_asked_and_longer_than_a_window(conjugate, capsys):
+    guide = vingd.AutoNaturalMVN(linear_regression)
+
+    def bar(**settings):
+        vingd.fit(linear_regression, conjugate.X, conjugate.y, guide=guide, tol=None, **settings)
+        return capsys.readouterr().err
+
+    assert "vingd: 100%" in bar(num_steps=50, window=10, progress_bar=True)
+    assert bar(num_steps=10, window=10, progress_bar=True) == ""  # one window: a moment
+    assert bar(num_steps=50, window=10, progress_bar=False) == ""
+    assert bar(num_steps=50, window=10) == ""  # None: only on a terminal, and pytest's is not
+
+
 def improper_convex(x=None):
     z = numpyro.sample("z", dist.Normal(0.0, 1.0).expand([2]).to_event(1))
     numpyro.factor("convex", 0.6 * jnp.sum(z**2))  # log joint +0.1 z²: E[−∇²f] is negative

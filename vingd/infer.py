@@ -51,8 +51,10 @@ same loop (`_scan_chunk`, `_run_fit`).
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import math
+import sys
 import time
 from typing import Any, NamedTuple
 
@@ -462,6 +464,16 @@ def fit(
     )
 
 
+class _NoBar:
+    """tqdm's `update` and `set_postfix`, doing nothing."""
+
+    def update(self, n):
+        pass
+
+    def set_postfix(self, **values):
+        pass
+
+
 def _run_fit(
     run_chunk,
     state,
@@ -485,10 +497,13 @@ def _run_fit(
     )
     chunks, done = [], False
     start = time.perf_counter()
-    with tqdm(
-        total=num_steps,
-        disable=None if progress_bar is None else not progress_bar or num_steps <= config.chunk,
-        desc="vingd",
+    show = sys.stderr.isatty() if progress_bar is None else progress_bar
+    # (a bar is made only to be shown: the first tqdm in a process, even disabled, takes 2–9 ms
+    # for its lock, as long as a small model's whole fit)
+    with (
+        tqdm(total=num_steps, desc="vingd")
+        if show and num_steps > config.chunk
+        else contextlib.nullcontext(_NoBar())
     ) as bar:
         while int(state.count) < num_steps and not done:
             before = int(state.count)
