@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-slow lint format bench bench-cost bench-native bench-wall bench-accuracy clean
+.PHONY: setup demo test test-slow lint format bench bench-posteriordb bench-cost bench-native bench-wall bench-accuracy clean
 
 setup: $(STAMP)
 
@@ -32,6 +32,9 @@ format: setup
 
 bench: setup
 	$(PY) benchmarks/run.py
+
+bench-posteriordb: setup
+	$(PY) benchmarks/run.py --suite posteriordb
 
 bench-cost: setup
 	$(PY) benchmarks/step_cost.py

@@ -236,3 +236,29 @@ def test_degenerate_ratios():
     assert broken.verdict == "unreliable"
     with pytest.raises(ValueError, match="Cannot resample"):
         broken.resample(jax.random.PRNGKey(0))
+
+
+def subsampled_regression(X, y=None):
+    """`plated_regression` fitted by minibatches of 10: the same posterior."""
+    with numpyro.plate("feature", X.shape[1]):
+        w = numpyro.sample("w", dist.Normal(0.0, 1.0))
+    b = numpyro.sample("b", dist.Normal(0.0, 2.0))
+    with numpyro.plate("obs", X.shape[0], subsample_size=10) as idx:
+        mu = numpyro.deterministic("mu", X[idx] @ w + b)
+        numpyro.sample("y", dist.Normal(mu, NOISE_SD), obs=y[idx])
+
+
+def test_diagnostics_of_a_subsampled_model_judge_the_whole_data(exact, conjugate):
+    """The ELBO, PSIS k̂ and DataTree of a minibatch model are those of its full-data posterior
+    (not of one N/B-scaled minibatch, nor an error for the missing subsampling key)."""
+    guide, fit = exact
+    args = (conjugate.X, conjugate.y)
+    full = diagnostics.draw(plated_regression, guide, fit.params, *args, num_samples=200)
+    sub = diagnostics.draw(subsampled_regression, guide, fit.params, *args, num_samples=200)
+    np.testing.assert_allclose(sub.log_p, full.log_p, rtol=1e-10)
+    assert sub.elbo[0] == pytest.approx(log_evidence(conjugate), abs=1e-6)  # exact q
+    assert vingd.elbo(subsampled_regression, guide, fit.params, *args)[0] == pytest.approx(
+        log_evidence(conjugate), abs=1e-6
+    )
+    tree = diagnostics.to_datatree(subsampled_regression, guide, fit, *args, num_samples=100)
+    assert tree["log_likelihood"]["y"].shape == (1, 100, len(conjugate.y))

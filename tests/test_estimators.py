@@ -209,3 +209,19 @@ def test_single_draw_fit_reaches_the_mean_field_optimum(conjugate, rng_key):
         # 2× would put the sd 40% off
         assert np.all(np.abs(median - mean[site]) < 0.25 * sd[site]), (site, median, mean[site])
         np.testing.assert_allclose(upper - median, sd[site], rtol=0.3)
+
+
+def test_newton_step_is_saddle_free_where_the_curvature_is_indefinite():
+    """A Newton solve where −E[∇²f] is positive definite; else |·| of its eigenvalues: an
+    ascent direction (gᵀd > 0) with the same fixed point (d = 0 exactly where g = 0)."""
+    from vingd.estimators import _newton_or_saddle_free
+
+    grad = jnp.array([1.0, -2.0, 0.5])
+    pd = jnp.array([[4.0, 1.0, 0.0], [1.0, 3.0, 0.5], [0.0, 0.5, 2.0]])
+    np.testing.assert_allclose(_newton_or_saddle_free(pd, grad), np.linalg.solve(pd, grad))
+    values, vectors = np.linalg.eigh(pd)
+    indefinite = vectors @ np.diag(values * np.array([-1.0, 1.0, 1.0])) @ vectors.T
+    step = _newton_or_saddle_free(jnp.asarray(indefinite), grad)
+    np.testing.assert_allclose(step, np.linalg.solve(pd, grad), rtol=1e-10)  # |indefinite| = pd
+    assert float(grad @ step) > 0 and float(grad @ np.linalg.solve(indefinite, grad)) < 0
+    np.testing.assert_array_equal(_newton_or_saddle_free(jnp.asarray(indefinite), 0 * grad), 0)

@@ -131,7 +131,7 @@ def test_ngd_refuses_parameters_that_are_not_natural(conjugate):
 
 @pytest.mark.parametrize("bad", [0, -0.1, float("nan"), float("inf"), "0.1"])
 def test_invalid_step_size(bad):
-    with pytest.raises(ValueError, match="step_size must be a finite number > 0"):
+    with pytest.raises(ValueError, match="step_size must be a number in"):
         vingd.NGD(bad)
 
 

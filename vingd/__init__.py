@@ -12,7 +12,7 @@ from vingd.elbo import NaturalELBO
 from vingd.expectation import ExpFamELBO
 from vingd.expfam import AutoExpFamily
 from vingd.guides import AutoNaturalLowRankMVN, AutoNaturalMVN, AutoNaturalNormal
-from vingd.infer import FitResult, elbo, fit
+from vingd.infer import FitResult, clear_cache, elbo, fit
 from vingd.optim import NGD, natural_gradient
 
 __all__ = [
@@ -26,6 +26,7 @@ __all__ = [
     "Method",
     "NaturalELBO",
     "cavi_step",
+    "clear_cache",
     "compare",
     "conjugate_elbo",
     "conjugate_sites",

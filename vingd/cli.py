@@ -14,6 +14,7 @@ import jax
 import models
 from vingd import diagnostics, plots
 from vingd.compare import GUIDES, WITHIN, compare, default_methods, step_seconds
+from vingd.estimators import ESTIMATORS
 from vingd.infer import fit
 
 
@@ -151,10 +152,12 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("fit", help="fit a bundled model; write an ArviZ DataTree, summary, plots")
     p.add_argument("model", help="a name from `vingd models`")
-    p.add_argument("--guide", choices=["mvn", "meanfield"], default="mvn")
+    p.add_argument("--guide", choices=list(GUIDES["vingd"]), default="mvn")
     p.add_argument("--num-steps", type=int, default=1000, help="the most steps (default 1000)")
     p.add_argument("--step-size", type=float, help="fixed ρ in (0, 1] (default: adaptive)")
-    p.add_argument("--estimator", help="∇_μ estimator: hessian, hvp, stein or reparam")
+    p.add_argument(
+        "--estimator", choices=sorted(ESTIMATORS), help="∇_μ estimator (default: by guide and d)"
+    )
     p.add_argument("--draws", type=int, default=1000, help="posterior draws (default 1000)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="directory for posterior.nc, summary.csv and the plots")

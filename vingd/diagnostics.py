@@ -32,6 +32,8 @@ from numpyro import handlers
 from numpyro.infer.util import get_importance_trace
 from scipy.special import logsumexp
 
+from vingd.log_joint import full_data
+
 #: Yao et al. (2018), §2.3: k̂ below GOOD means q is close to the posterior; below OK the
 #: importance-weighted estimates still converge at a usable rate; above, they are unreliable.
 GOOD, OK = 0.5, 0.7
@@ -63,10 +65,12 @@ class Draws(NamedTuple):
 
 
 def draw(model, guide, params, *args, num_samples: int = 1000, rng_key=None, **kwargs) -> Draws:
-    """`num_samples` draws z_s ~ q (guide with `params`), each with log p(y, z_s) and log q(z_s)."""
+    """`num_samples` draws z_s ~ q (guide with `params`), each with log p(y, z_s) and log q(z_s)
+    on the whole data (subsampled plates at full size: `vingd.log_joint.full_data`)."""
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 10:
         raise ValueError(f"num_samples must be an integer >= 10, got {num_samples!r}.")
     rng_key = jax.random.PRNGKey(0) if rng_key is None else rng_key
+    model = full_data(model)  # (subsampled plates at full size)
 
     def one(key):
         model_key, guide_key, predictive_key = jax.random.split(key, 3)
@@ -261,7 +265,7 @@ def to_datatree(
     elbo, elbo_se = draws.elbo
 
     tree = arviz_base.from_numpyro(
-        _GuideDraws(model, args, kwargs, draws),
+        _GuideDraws(full_data(model), args, kwargs, draws),
         posterior_predictive=_one_chain(draws.predictive),
         log_likelihood=True,
         coords=coords,

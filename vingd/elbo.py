@@ -67,7 +67,7 @@ class NaturalELBO(ELBO):
         super().__init__(num_particles=num_samples)
 
     def loss_with_mutable_state(self, rng_key, param_map, model, guide, *args, **kwargs):
-        guide = flat_view_of(guide)
+        guide = flat_view_of(guide, "NaturalELBO")
         if hasattr(guide.flat_family, "ngd_step"):
             raise ValueError(
                 f"NaturalELBO works with AutoNaturalNormal and AutoNaturalMVN; fit "

@@ -42,6 +42,7 @@ from vingd.infer import (
     FitConfig,
     FitState,
     _compiled,
+    _key,
     _run_fit,
     _scan_chunk,
     _validate,
@@ -218,7 +219,9 @@ def fit_exp_family(
     `guide.default_step_size`.
     """
     momentum = guide.default_momentum if momentum is None else momentum
-    _validate(num_steps, step_size, num_samples, max_backoffs, momentum, window, tol)
+    num_steps, step_size = _validate(
+        num_steps, step_size, num_samples, max_backoffs, momentum, window, tol
+    )
     estimator = "auto" if estimator is None else estimator
     if estimator not in ESTIMATORS:
         raise ValueError(
@@ -227,8 +230,7 @@ def fit_exp_family(
             f"got {estimator!r}."
         )
     _check_data(guide, args, kwargs)
-    rng_key = jax.random.PRNGKey(0) if rng_key is None else rng_key
-    _, run_key = jax.random.split(rng_key)  # the same split as for the Gaussian guides
+    _, run_key = jax.random.split(_key(rng_key))  # the same split as for the Gaussian guides
     start = guide.init_params(*args, **kwargs)
     if init_params is not None:
         missing = sorted(set(start) - set(init_params))

@@ -305,15 +305,27 @@ class AutoNaturalLowRankMVN(_FlatContinuous):
         return self._unpack_and_constrain(latent, params)
 
 
-def flat_view_of(guide):
-    """Raise unless `guide` is a vingd guide usable by `vingd.fit`."""
-    if not isinstance(guide, AutoNaturalNormal | AutoNaturalMVN | AutoNaturalLowRankMVN):
-        raise ValueError(
-            f"vingd.fit needs a vingd guide (AutoNaturalNormal, AutoNaturalMVN, "
-            f"AutoNaturalLowRankMVN or AutoExpFamily), got "
-            f"{type(guide).__name__}. For numpyro's guides use numpyro.infer.SVI."
-        )
-    return guide
+def guide_latents(guide) -> dict:
+    """site -> shape of the latent sites `guide` was set up on (its prototype trace)."""
+    return {
+        name: jnp.shape(site["value"])
+        for name, site in guide.prototype_trace.items()
+        if site["type"] == "sample" and not site["is_observed"]
+    }
+
+
+def flat_view_of(guide, user: str = "vingd.fit"):
+    """`guide`, or a `ValueError` unless it is a Gaussian vingd guide over the flat latent
+    (`user` names the caller: `vingd.fit` also takes `AutoExpFamily`, by its own path)."""
+    if isinstance(guide, AutoNaturalNormal | AutoNaturalMVN | AutoNaturalLowRankMVN):
+        return guide
+    if user == "vingd.fit":
+        accepted = "AutoNaturalNormal, AutoNaturalMVN, AutoNaturalLowRankMVN or AutoExpFamily"
+        hint = "For numpyro's guides use numpyro.infer.SVI."
+    else:
+        accepted = "AutoNaturalNormal or AutoNaturalMVN"
+        hint = "For AutoExpFamily use vingd.ExpFamELBO() or Trace_ELBO()."
+    raise ValueError(f"{user} needs a vingd guide ({accepted}), got {type(guide).__name__}. {hint}")
 
 
 __all__ = ["AutoNaturalLowRankMVN", "AutoNaturalMVN", "AutoNaturalNormal"]

@@ -25,8 +25,19 @@ import jax
 import jax.numpy as jnp
 import numpyro.distributions as dist
 from numpyro.infer.util import _unconstrain_params, compute_log_probs, potential_energy
+from numpyro.primitives import Messenger
 
 from vingd.validation import inspect_model
+
+
+class full_data(Messenger):
+    """Run `fn` with every subsampled plate at its full size (scale 1): the whole data's log
+    joint, for judging a fit (ELBO, PSIS, ArviZ) rather than one noisy, N/B-scaled minibatch."""
+
+    def process_message(self, msg):
+        if msg["type"] == "plate" and msg["value"] is None:
+            size = msg["args"][0]
+            msg["value"], msg["args"] = jnp.arange(size), (size, None)
 
 
 def observation_terms(site) -> jax.Array:

@@ -14,11 +14,11 @@ three events are counted; an invalid state is never returned.
 
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from numpyro.optim import _NumPyroOptim
 
@@ -33,15 +33,18 @@ class StepInfo(NamedTuple):
     num_rejected: jax.Array  # parameters left unchanged because no halving was valid
 
 
-def validate_step_size(step_size) -> None:
-    """Raise `ValueError` unless `step_size` is a finite positive number or a schedule."""
+def validate_step_size(step_size):
+    """`step_size` as a float (a schedule as it is), or a `ValueError` unless it is a number in
+    (0, 1] (a Python or NumPy scalar, or a 0-d array) or a schedule."""
     if callable(step_size):
-        return
-    if not isinstance(step_size, int | float) or not math.isfinite(step_size) or step_size <= 0:
+        return step_size
+    scalar = np.ndim(step_size) == 0 and np.issubdtype(np.asarray(step_size).dtype, np.number)
+    if isinstance(step_size, bool | np.bool_) or not scalar or not 0 < float(step_size) <= 1:
         raise ValueError(
-            f"step_size must be a finite number > 0 (or an optax schedule), got {step_size!r}. "
+            f"step_size must be a number in (0, 1] (or an optax schedule), got {step_size!r}. "
             "Natural-gradient steps are in (0, 1]; 1 is a full Newton/CAVI step."
         )
+    return float(step_size)
 
 
 def damped_step(family, natural, direction, step_size, max_backoffs: int = 10):
@@ -98,7 +101,7 @@ def natural_gradient(step_size=0.05, *, max_backoffs: int = 10) -> optax.Gradien
             `Trace_ELBO` gradients (noisy curvature); with `vingd.NaturalELBO`, ρ up to 1 works.
         max_backoffs: halvings of ρ tried before a step is rejected.
     """
-    validate_step_size(step_size)
+    step_size = validate_step_size(step_size)
     schedule = step_size if callable(step_size) else optax.constant_schedule(step_size)
 
     def init(params):

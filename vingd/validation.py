@@ -31,21 +31,30 @@ def inspect_model(model, args, kwargs, inspect):
     return result[0]
 
 
-def check_model(model, args, kwargs, guide_name: str) -> None:
+def check_model(model, args, kwargs, guide_name: str, guide_latents=None) -> None:
     """Raise `ValueError` for data or latents that natural-gradient Gaussian guides cannot fit.
 
     - observed values that are NaN or infinite (the site is named);
-    - discrete latent sites (exponential families for discrete latents are issue "Exponential
-      families on their native supports");
-    - no latent sites at all.
+    - discrete latent sites (`AutoExpFamily` fits those);
+    - no latent sites at all;
+    - with `guide_latents` (site -> shape, from a guide's set-up; `vingd.fit`): latent sites
+      other than the guide's (a guide built for another model), and `numpyro.param` sites,
+      which `fit` does not learn.
 
     Observed values computed inside the model (rather than passed in) are not checked.
     """
-    inspect_model(model, args, kwargs, partial(_check_trace, guide_name=guide_name))
+    check = partial(_check_trace, guide_name=guide_name, guide_latents=guide_latents)
+    inspect_model(model, args, kwargs, check)
 
 
-def _check_trace(trace, guide_name: str) -> None:
+def _check_trace(trace, guide_name: str, guide_latents=None) -> None:
     for name, site in trace.items():
+        if site["type"] == "param" and guide_latents is not None:
+            raise ValueError(
+                f"The model has a numpyro.param site {name!r}: vingd.fit learns the guide's "
+                "natural parameters only and would hold it at its initial value. Give it a "
+                "prior (numpyro.sample) or pass it in as a constant."
+            )
         if site["type"] != "sample":
             continue
         if site["is_observed"]:
@@ -55,18 +64,30 @@ def _check_trace(trace, guide_name: str) -> None:
             ):
                 bad = int(np.size(value) - np.isfinite(np.asarray(value)).sum())
                 raise ValueError(
-                    f"Observed site {name!r} has {bad} NaN or infinite value(s). Drop or impute "
-                    "them before fitting (or mask them with numpyro.handlers.mask)."
+                    f"Observed site {name!r} has {bad} NaN or infinite value(s). Drop them, or "
+                    "put any finite value where they are masked: a NaN under "
+                    "numpyro.handlers.mask or obs_mask still makes the gradient NaN."
                 )
         elif site["fn"].support.is_discrete:
             raise ValueError(
                 f"Latent site {name!r} is discrete ({type(site['fn']).__name__}, support "
-                f"{site['fn'].support}); {guide_name} fits continuous latents only. Marginalise it "
-                "out in the model (e.g. with numpyro.contrib.funsor enumeration), or wait for "
-                "vingd's discrete exponential families (Bernoulli/Categorical guides)."
+                f"{site['fn'].support}); {guide_name} fits continuous latents only. Use "
+                "vingd.AutoExpFamily(model), which gives discrete sites Bernoulli or Categorical "
+                "families, or marginalise it out in the model (numpyro.contrib.funsor)."
             )
-    if not any(s["type"] == "sample" and not s["is_observed"] for s in trace.values()):
+    latents = {
+        name: np.shape(site["value"])
+        for name, site in trace.items()
+        if site["type"] == "sample" and not site["is_observed"]
+    }
+    if not latents:
         raise ValueError(
             f"The model has no latent sample sites, so there is nothing for {guide_name} to fit. "
             "Check that the data are passed as `obs=` only where intended."
+        )
+    if guide_latents is not None and latents != dict(guide_latents):
+        raise ValueError(
+            f"The guide was built for a model with latent sites {dict(guide_latents)}, but the "
+            f"model being fitted has {latents}. Build the guide from this model: "
+            f"{guide_name}(model)."
         )
