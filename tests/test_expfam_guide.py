@@ -123,6 +123,22 @@ def test_bad_options_are_refused():
         vingd.ExpFamELBO().loss(jax.random.PRNGKey(0), {}, every_support, lambda y: None, 1.0)
 
 
+@pytest.mark.parametrize("mu, sigma", [(5.0, 2), (np.float64(5.0), np.int64(2))])
+def test_init_to_value_takes_python_and_numpy_numbers(mu, sigma):
+    """Not only arrays: the factors start at the values given, in the default float dtype."""
+
+    def model():
+        numpyro.sample("mu", dist.Normal(0.0, 10.0))
+        numpyro.sample("sigma", dist.HalfNormal(2.0))
+
+    init = init_to_value(values={"mu": mu, "sigma": sigma})
+    params = vingd.AutoExpFamily(model, init_loc_fn=init).init_params()
+    loc, _ = NORMAL.loc_scale(params["mu_auto_natural"])
+    mean = fam.Gamma().natural_to_mean(params["sigma_auto_natural"]).mu2
+    np.testing.assert_allclose([loc, mean], [5.0, 2.0], rtol=1e-12)
+    assert {x.dtype for x in jax.tree.leaves(params)} == {jnp.result_type(float)}
+
+
 # -- SVI with NGD ---------------------------------------------------------------------------
 def beta_bernoulli(y):
     p = numpyro.sample("p", dist.Beta(2.0, 3.0))

@@ -260,7 +260,9 @@ class AutoExpFamily(AutoGuide):
             check_model(handlers.condition(self.model, discrete), args, kwargs, "AutoExpFamily")
 
     def _make_site(self, name, site) -> Site:
-        support, value = site["fn"].support, site["value"]
+        support, value = site["fn"].support, jnp.asarray(site["value"])  # init_to_value: floats too
+        if not support.is_discrete:
+            value = value.astype(jnp.result_type(value, float))  # and ints
         family_name = self.families.get(name) or _default(support)
         if family_name is not None and not _fits(family_name, support):
             fitting = [f for f in FAMILIES if _fits(f, support)]

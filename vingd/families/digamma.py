@@ -17,6 +17,8 @@ Accuracy in float64 (tests/test_expfam_families.py): relative error < 1e-12 for
 to 1e-8 where that is well conditioned (all α_k in [1e-4, 0.1], all in [1e3, 3e5], or mixed within
 [1e-2, 1e4]). Beyond, the inputs themselves do not determine α to 1e-8: for α ≫ 1, μ carries
 only ~α·1e-16 relative information, and with α_k ≪ 1 ≪ α_j, μ_j ≈ −α_k/α₀ is tiny.
+In float32 the same holds with ε = 1.2e-7 for 1e-16: for α₀ in [1e-2, 1e4] and shares
+α_k/α₀ ≥ 0.1, `dirichlet_concentration` returns α to ~20·ε·max(1, α₀).
 """
 
 from __future__ import annotations
@@ -89,10 +91,12 @@ def _dirichlet_concentration(mean_log: jax.Array) -> jax.Array:
 
     Given α₀, each α_k = ψ⁻¹(μ_k + ψ(α₀)), so the system is one equation in α₀:
     g(α₀) = α₀ − Σ_k ψ⁻¹(μ_k + ψ(α₀)) = 0, with g'(α₀) = 1 − Σ_k ψ'(α₀)/ψ'(α_k). Newton on g,
-    safeguarded by bisection (in log α₀) inside the bracket [1e-300, 1e300] that the signs of g
-    narrow, runs `DIRICHLET_STEPS` times from α₀ = min((K − S)/(2(1 − S)), (K − 1)/min_k |μ_k|)
-    with S = Σ exp μ_k: the roots of the large-α (ψ(x) ≈ log(x − ½)) and small-α (ψ(x) ≈ −1/x − γ)
-    approximations. Minka (2000) solves the same equations by a fixed point in α.
+    safeguarded by bisection (in log α₀) inside the bracket [tiny, 1/ε²] of the dtype that the
+    signs of g narrow, runs `DIRICHLET_STEPS` times from α₀ = min((K − S)/(2(1 − S)),
+    (K − 1)/min_k |μ_k|) with S = Σ exp μ_k: the roots of the large-α (ψ(x) ≈ log(x − ½)) and
+    small-α (ψ(x) ≈ −1/x − γ) approximations. Minka (2000) solves the same equations by a fixed
+    point in α. The bracket's top keeps ψ' nonzero at every bisection point (in float32 ψ'
+    underflows beyond x ≈ 1/√tiny ≈ 1e19); beyond α₀ ≈ 1/ε, μ no longer determines α₀ anyway.
     """
     mu = jnp.asarray(mean_log)
     k = mu.shape[-1]
@@ -116,7 +120,8 @@ def _dirichlet_concentration(mean_log: jax.Array) -> jax.Array:
         bisect = jnp.sqrt(lo) * jnp.sqrt(hi)
         return jnp.where(g == 0, total, jnp.where(inside, newton, bisect)), lo, hi
 
-    bracket = (jnp.full_like(start, 1e-300), jnp.full_like(start, 1e300))
+    info = jnp.finfo(start.dtype)  # not 1e±300: 0 and ∞ in float32
+    bracket = (jnp.full_like(start, info.tiny), jnp.full_like(start, 1 / info.eps**2))
     total, _, _ = jax.lax.fori_loop(0, DIRICHLET_STEPS, step, (start, *bracket))
     return alphas(total)
 
