@@ -545,8 +545,8 @@ def _run_fit(
         rise = float(np.mean(chunks[-1].loss) - np.mean(chunks[-2].loss))
         warnings.warn(
             f"vingd.fit: the mean loss rose by {rise:.4g} over the last {config.chunk} steps, "
-            "beyond the noise; stopped, returning the previous window's "
-            + ("average" if bool(previous[1]) else "last iterate")
+            "beyond the noise; stopped, returning "
+            + ("the previous window's average" if bool(previous[1]) else "the last iterate")
             + ". Try a smaller step_size, more num_samples, or the adaptive default.",
             RuntimeWarning,
             stacklevel=3,
