@@ -537,9 +537,9 @@ def _run_fit(
             bar.set_postfix(loss=f"{float(np.mean(chunks[-1].loss)):.4g}")
             if tol is not None and len(chunks) >= 2 and taken == config.chunk:
                 verdict = window_verdict(chunks[-2].loss, chunks[-1].loss, tol)
-    natural = state.natural
+    natural, averaged = state.natural, False
     if verdict == "settled" and bool(average_valid):
-        natural = average
+        natural, averaged = average, True
     elif verdict == "worse":
         # diverging (a fixed ρ too large for the noise): stop at the better, earlier window
         rise = float(np.mean(chunks[-1].loss) - np.mean(chunks[-2].loss))
@@ -551,7 +551,8 @@ def _run_fit(
             RuntimeWarning,
             stacklevel=3,
         )
-        natural = previous[0] if bool(previous[1]) else natural
+        if bool(previous[1]):
+            natural, averaged = previous[0], True
     jax.block_until_ready(natural)
     run_seconds = time.perf_counter() - start
     stats = jax.tree.map(lambda *xs: np.concatenate(xs), *chunks)
@@ -561,7 +562,7 @@ def _run_fit(
         step_sizes=stats.step_size,
         num_steps=int(state.count),
         converged=verdict == "settled",
-        averaged=natural is average or (previous is not None and natural is previous[0]),
+        averaged=averaged,
         num_declined=int((~stats.accepted).sum()),
         num_corrected=int(stats.info.num_corrected.sum()),
         num_backoffs=int(stats.info.num_backoffs.sum()),
