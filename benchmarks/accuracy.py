@@ -42,8 +42,8 @@ from numpyro import handlers
 from numpyro.infer import SVI, Trace_ELBO
 from numpyro.infer.util import constrain_fn
 
-import models
 import vingd
+import vingd_models
 from vingd.compare import GUIDES, Method, _run_adam, _shared_start, reference_moments
 from vingd.log_joint import LogJoint
 
@@ -157,7 +157,7 @@ class Scorer:
 # -- q*: many-draw vingd in float64, in a child process ----------------------------------------
 def _optimum_child(name, family, out):
     """Run in a float64 process: q* from two seeds (`OPTIMUM`), written to `out` (.npz)."""
-    example = models.get(name)
+    example = vingd_models.get(name)
     args, kwargs = example.load()
     init = _shared_start(example.model, args, kwargs, jax.random.PRNGKey(0))
     ref = vingd.AutoNaturalMVN(example.model, init_loc_fn=init)
@@ -351,7 +351,7 @@ def main(argv=None) -> int:
     total = time.perf_counter()
     sections, lines = [], []
     for name in args.models:
-        example = models.get(name)
+        example = vingd_models.get(name)
         model_args, model_kwargs = example.load()
         init = _shared_start(example.model, model_args, model_kwargs, jax.random.PRNGKey(0))
         ref_guide = vingd.AutoNaturalMVN(example.model, init_loc_fn=init)

@@ -25,8 +25,8 @@ import numpy as np
 import numpyro
 from numpyro.infer import Predictive
 
-import models
 import vingd
+import vingd_models
 
 HERE = Path(__file__).parent
 LEVELS = (0.05, 0.5, 0.95)
@@ -84,7 +84,7 @@ def evaluate(example, guide, params, args, kwargs, reference, scale_site) -> dic
 
 
 def run_model(name, scale_site, guides, steps) -> str:
-    example = models.get(name)
+    example = vingd_models.get(name)
     args, kwargs = example.load()
     reference = example.reference()  # latent and deterministic sites
     rows, per_latent = [], {}

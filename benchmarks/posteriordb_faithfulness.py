@@ -2,7 +2,7 @@
 
 Runs one short NUTS chain per posterior and prints, per posterior, the largest standardised
 mean error (in Monte Carlo standard errors), the range of sd_nuts / sd_ref, the largest sd
-error in standard errors, the smallest ESS and the divergences (`models.faithfulness`).
+error in standard errors, the smallest ESS and the divergences (`vingd_models.faithfulness`).
 
     python benchmarks/posteriordb_faithfulness.py [--warmup 1000] [--samples 1000] [NAME ...]
 """
@@ -14,8 +14,8 @@ import sys
 
 import numpyro
 
-import models
-from models import faithfulness
+import vingd_models
+from vingd_models import faithfulness
 
 
 def main(argv=None) -> int:
@@ -27,13 +27,13 @@ def main(argv=None) -> int:
     parser.add_argument("--verbose", action="store_true", help="print every parameter")
     args = parser.parse_args(argv)
     numpyro.enable_x64()
-    names = args.names or models.POSTERIORDB
+    names = args.names or vingd_models.POSTERIORDB
     header = f"{'posterior':42s} {'dim':>4s} {'max z':>6s} {'sd ratio':>13s} {'max sd z':>8s}"
     print(header + f" {'min ESS':>7s} {'div':>4s} {'sec':>6s}  faithful")
     all_faithful = True
     for name in names:
         result = faithfulness.check(
-            models.get(name), seed=args.seed, num_warmup=args.warmup, num_samples=args.samples
+            vingd_models.get(name), seed=args.seed, num_warmup=args.warmup, num_samples=args.samples
         )
         c = result.checks
         ratios = [x.sd_ratio for x in c]

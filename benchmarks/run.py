@@ -28,7 +28,7 @@ import jax
 import numpy as np
 from numpyro.infer import MCMC, NUTS
 
-import models
+import vingd_models
 from vingd.compare import Method, compare
 from vingd.validation import trace_model
 
@@ -44,7 +44,10 @@ SUITE = {
 }
 SUITES = {
     "main": (SUITE, "results.md"),
-    "posteriordb": ({name: ("mvn", "meanfield") for name in models.POSTERIORDB}, "posteriordb.md"),
+    "posteriordb": (
+        {name: ("mvn", "meanfield") for name in vingd_models.POSTERIORDB},
+        "posteriordb.md",
+    ),
 }
 
 
@@ -141,7 +144,7 @@ def main(argv=None) -> int:
 
     sections, summary = [], []
     for name in args.models or suite:
-        example = models.get(name)
+        example = vingd_models.get(name)
         families = suite[name]
         start = time.perf_counter()
         reference = reference_for(example, families)

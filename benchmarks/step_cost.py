@@ -23,8 +23,8 @@ import optax
 from numpyro.infer import SVI, Trace_ELBO
 from numpyro.infer.autoguide import AutoNormal
 
-import models
 import vingd
+import vingd_models
 
 HERE = Path(__file__).parent
 #: (label, estimator, num_samples, step_size): None step size = adaptive
@@ -84,7 +84,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=HERE / "step_cost.md")
     args = parser.parse_args(argv)
 
-    example = models.get("breast_cancer_bnn")
+    example = vingd_models.get("breast_cancer_bnn")
     model_args, model_kwargs = example.load()
     adam = adam_seconds_per_step(example.model, model_args, model_kwargs, args.steps, args.repeats)
     rows = [f"| SVI + Adam AutoNormal (1 particle) | {1e3 * adam:.3f} | 1.0× |"]

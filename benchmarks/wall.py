@@ -40,11 +40,11 @@ def child(engine, model_name, family, lr, steps) -> dict:
     from numpyro.infer import SVI, Trace_ELBO
     from numpyro.infer.initialization import init_to_median
 
-    import models
     import vingd
+    import vingd_models
     from vingd.compare import GUIDES
 
-    example = models.get(model_name)
+    example = vingd_models.get(model_name)
     args, kwargs = example.load()
     jnp.zeros(()).block_until_ready()  # JAX's start-up, outside the timing
     # each library's prior median: exact for vingd's default, from 15 draws for numpyro's

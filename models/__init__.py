@@ -12,7 +12,7 @@ import dataclasses
 import functools
 from collections.abc import Callable
 
-from models import (
+from . import (
     bnn,
     eight_schools,
     gaussian_mixture,
@@ -24,8 +24,8 @@ from models import (
     stan_regressions,
     time_series,
 )
-from models.posteriordb import reference_draws
-from models.references import GaussianPosterior
+from .posteriordb import reference_draws
+from .references import GaussianPosterior
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,8 +33,8 @@ class ExampleModel:
     """A model to fit: `model(*args, **kwargs)` with `args, kwargs = load()`.
 
     `reference()`, when not None, returns the posterior to judge a fit against (see
-    `models.references`): draws, a dict site -> array `(num_draws, *site_shape)` in constrained
-    space, or an exact `GaussianPosterior`.
+    `vingd_models.references`): draws, a dict site -> array `(num_draws, *site_shape)` in
+    constrained space, or an exact `GaussianPosterior`.
     """
 
     name: str

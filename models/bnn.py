@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpyro
 import numpyro.distributions as dist
 
-from models import logistic_regression
+from . import logistic_regression
 
 HIDDEN = 64
 

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpyro
 import numpyro.distributions as dist
 
-from models.posteriordb import stan_data
+from .posteriordb import stan_data
 
 POSTERIOR = "eight_schools-eight_schools_noncentered"
 

@@ -25,7 +25,7 @@ import numpy as np
 from numpyro.diagnostics import effective_sample_size
 from numpyro.infer import MCMC, NUTS
 
-from models.posteriordb import reference_chains
+from .posteriordb import reference_chains
 
 THRESHOLD = 5.0
 MIN_ESS = 100

@@ -14,7 +14,7 @@ import numpyro
 import numpyro.distributions as dist
 from numpyro.distributions import constraints
 
-from models.posteriordb import stan_data
+from .posteriordb import stan_data
 
 POSTERIOR = "low_dim_gauss_mix-low_dim_gauss_mix"
 

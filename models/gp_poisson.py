@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpyro
 import numpyro.distributions as dist
 
-from models.posteriordb import stan_data
+from .posteriordb import stan_data
 
 POSTERIOR = "gp_pois_regr-gp_pois_regr"
 JITTER = 1e-10  # float64, as in the Stan program

@@ -20,7 +20,7 @@ import numpy as np
 import numpyro
 import numpyro.distributions as dist
 
-from models.references import GaussianPosterior
+from .references import GaussianPosterior
 
 DATA = Path(__file__).parent / "data" / "statecrime.csv"
 COVARIATES = ("urban", "poverty", "hs_grad", "single", "white")

@@ -20,7 +20,7 @@ import numpyro
 import numpyro.distributions as dist
 from numpyro.distributions import constraints
 
-from models.posteriordb import stan_data
+from .posteriordb import stan_data
 
 
 def ar(y, *, order: int):

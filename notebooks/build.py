@@ -70,22 +70,22 @@ QUICKSTART = [
         import numpy as np
         import numpyro
 
-        import models
         import vingd
-        from models import logistic_regression
+        import vingd_models
+        from vingd_models import logistic_regression
         """
     ),
     md(
         """
         ## The model and the data
 
-        `models.get(name)` returns a registered example: the model function, a loader for its
+        `vingd_models.get(name)` returns a registered example: the model function, a loader for its
         data and a one-line description.
         """
     ),
     code(
         """
-        example = models.get("breast_cancer_logistic")
+        example = vingd_models.get("breast_cancer_logistic")
         print(example.description, end="\\n\\n")
         print(inspect.getsource(example.model))
         (X, y), _ = example.load()
@@ -217,8 +217,8 @@ NGD_VS_ADAM = [
         import jax
         from IPython.display import Markdown, display
 
-        import models
         import vingd
+        import vingd_models
         from vingd import plots
         from vingd.compare import Method
 
@@ -231,7 +231,7 @@ NGD_VS_ADAM = [
 
 
         def run(name):
-            example = models.get(name)
+            example = vingd_models.get(name)
             args, kwargs = example.load()
             reference = example.reference() if example.reference is not None else None
             print(example.description)
@@ -351,8 +351,8 @@ EXPONENTIAL_FAMILIES = [
         from numpyro.distributions.kl import kl_divergence
         from numpyro.infer import SVI
 
-        import models
         import vingd
+        import vingd_models
         from vingd.families import DiagonalNormal, MultivariateNormal, tree_vdot
 
         numpyro.enable_x64()
@@ -487,10 +487,10 @@ EXPONENTIAL_FAMILIES = [
     ),
     code(
         """
-        example = models.get("statecrime_linear")
+        example = vingd_models.get("statecrime_linear")
         print(example.description)
         args, kwargs = example.load()
-        exact = example.reference()  # models.references.GaussianPosterior over (w, b)
+        exact = example.reference()  # vingd_models.references.GaussianPosterior over (w, b)
 
         guide = vingd.AutoNaturalMVN(example.model)
         one_step = vingd.fit(
@@ -598,13 +598,13 @@ DIAGNOSTICS = [
         import pandas as pd
         from IPython.display import Markdown, display
 
-        import models
         import vingd
-        from models.posteriordb import reference_chains
+        import vingd_models
         from vingd import plots
         from vingd.compare import Method
+        from vingd_models.posteriordb import reference_chains
 
-        example = models.get("eight_schools-eight_schools_noncentered")
+        example = vingd_models.get("eight_schools-eight_schools_noncentered")
         print(example.description)
         args, kwargs = example.load()
         reference = example.reference()  # site -> (10000, *shape) Stan draws
@@ -761,7 +761,7 @@ DIAGNOSTICS = [
     ),
     code(
         """
-        cancer = models.get("breast_cancer_logistic")
+        cancer = vingd_models.get("breast_cancer_logistic")
         (X, y), _ = cancer.load()
         rows = []
         for guide in (vingd.AutoNaturalMVN(cancer.model), vingd.AutoNaturalNormal(cancer.model)):
@@ -828,11 +828,11 @@ BNN = [
         import numpy as np
         from numpyro import handlers
 
-        import models
         import vingd
+        import vingd_models
 
-        bnn = models.get("breast_cancer_bnn")
-        linear = models.get("breast_cancer_logistic")
+        bnn = vingd_models.get("breast_cancer_bnn")
+        linear = vingd_models.get("breast_cancer_logistic")
         print(bnn.description)
         (X, y), _ = bnn.load()
         order = np.random.default_rng(0).permutation(len(y))
@@ -1021,8 +1021,8 @@ NATIVE_FAMILIES = [
         import numpyro.distributions as dist
         from scipy import stats
 
-        import models
         import vingd
+        import vingd_models
 
         numpyro.enable_x64()
         """
@@ -1065,7 +1065,7 @@ NATIVE_FAMILIES = [
     ),
     code(
         """
-        example = models.get("eight_schools-eight_schools_noncentered")
+        example = vingd_models.get("eight_schools-eight_schools_noncentered")
         args, kwargs = example.load()
         reference = np.asarray(example.reference()["tau"])
         guides = {

@@ -6,7 +6,7 @@ import xarray as xr
 from conftest import linear_regression
 from test_compare import exact_reference
 
-import models
+import vingd_models
 from vingd import cli
 
 TINY = "tiny_regression"
@@ -15,20 +15,20 @@ TINY = "tiny_regression"
 @pytest.fixture(autouse=True)
 def tiny_model(monkeypatch, conjugate):
     """A conjugate regression with its exact posterior as the reference, registered as TINY."""
-    example = models.ExampleModel(
+    example = vingd_models.ExampleModel(
         name=TINY,
         description="Bayesian linear regression with known noise (40 x 3)",
         model=linear_regression,
         load=lambda: ((conjugate.X, conjugate.y), {}),
         reference=lambda: exact_reference(conjugate),
     )
-    monkeypatch.setitem(models.REGISTRY, TINY, example)
+    monkeypatch.setitem(vingd_models.REGISTRY, TINY, example)
 
 
 def test_models_lists_the_registry(capsys):
     assert cli.main(["models"]) == 0
     out = capsys.readouterr().out
-    assert all(name in out for name in models.REGISTRY)
+    assert all(name in out for name in vingd_models.REGISTRY)
 
 
 def test_fit_writes_datatree_summary_and_plots(tmp_path, capsys):
@@ -96,7 +96,7 @@ def test_unwritable_out_fails_before_fitting(tmp_path, capsys):
 
 
 def test_breast_cancer_data_is_standardised():
-    X, y, names = models.logistic_regression.load_arrays()
+    X, y, names = vingd_models.logistic_regression.load_arrays()
     assert X.shape == (569, 30) and len(names) == 30
     assert set(np.unique(y)) == {0.0, 1.0} and int(y.sum()) == 357
     np.testing.assert_allclose(X.mean(0), 0, atol=1e-12)

@@ -8,9 +8,9 @@ import pytest
 from conftest import linear_regression
 from matplotlib.figure import Figure
 
-from models.references import GaussianPosterior
 from vingd import plots
 from vingd.compare import Comparison, Method, compare, default_methods, reference_moments, smoothed
+from vingd_models.references import GaussianPosterior
 
 NUM_DRAWS = 2000
 EXACT = "vingd AutoNaturalMVN (ρ=1)"

@@ -13,8 +13,8 @@ from conftest import Conjugate, linear_regression
 from numpyro.infer import SVI, Trace_ELBO, init_to_value
 from numpyro.infer.autoguide import AutoMultivariateNormal
 
-import models
 import vingd
+import vingd_models
 
 
 def test_mvn_one_step_is_exact(conjugate, rng_key):
@@ -60,7 +60,7 @@ def test_mean_field_one_step_is_the_mean_field_optimum(conjugate, rng_key):
 
 
 def test_logistic_regression_beats_long_adam_run(rng_key):
-    example = models.get("breast_cancer_logistic")
+    example = vingd_models.get("breast_cancer_logistic")
     args, _ = example.load()
     guide = vingd.AutoNaturalMVN(example.model)
     result = vingd.fit(example.model, *args, guide=guide, rng_key=rng_key)
@@ -199,7 +199,7 @@ def test_adaptive_step_grows_to_one_and_stops_early_on_a_conjugate_model(conjuga
 
 
 def test_averaging_reduces_monte_carlo_jitter_of_the_last_iterate(rng_key):
-    example = models.get("breast_cancer_logistic")
+    example = vingd_models.get("breast_cancer_logistic")
     args, _ = example.load()
     guide = vingd.AutoNaturalNormal(example.model)
     common = dict(guide=guide, step_size=0.2, num_steps=200, rng_key=rng_key)
@@ -214,7 +214,7 @@ def test_averaging_reduces_monte_carlo_jitter_of_the_last_iterate(rng_key):
 def test_gauss_newton_default_keeps_a_neural_network_fit_valid_without_corrections(rng_key):
     """Mean-field above 100 latents defaults to "ggn", whose curvature −Σₙ Fₙ(∇ηₙ)² is never
     indefinite: no iBLR corrections on a tanh network, and an ELBO as good as Hutchinson's."""
-    example = models.get("breast_cancer_bnn")
+    example = vingd_models.get("breast_cancer_bnn")
     args, kwargs = example.load()
     model = functools.partial(example.model, hidden=4)  # 129 weights
     elbos = {}
@@ -297,7 +297,7 @@ def test_mean_field_newton_step_is_saddle_free_where_the_elbo_is_not_concave_in_
     in the span of the design, so −E[∇²f] over (β, log σ) is indefinite for the first steps.
     The saddle-free Newton step (|E[∇²f]|) converges in a few windows; the diagonal step that
     stood in before crawled and stopped 200 nats short."""
-    example = models.get("sblrc-blr")
+    example = vingd_models.get("sblrc-blr")
     args, kwargs = example.load()
     guide = vingd.AutoNaturalNormal(example.model)
     result = vingd.fit(example.model, *args, guide=guide, rng_key=jax.random.PRNGKey(0), **kwargs)
@@ -313,7 +313,7 @@ def test_mean_field_newton_step_is_saddle_free_where_the_elbo_is_not_concave_in_
 def test_a_diverging_fit_stops_with_a_warning_and_returns_the_better_earlier_window():
     """A fixed ρ = 1 on one draw per step blows up on eight schools: the fit stops, warns, says
     it did not converge, and returns the previous window's average, not the wild last state."""
-    example = models.get("eight_schools-eight_schools_noncentered")
+    example = vingd_models.get("eight_schools-eight_schools_noncentered")
     args, kwargs = example.load()
     guide = vingd.AutoNaturalMVN(example.model)
     with pytest.warns(RuntimeWarning, match="mean loss rose by"):

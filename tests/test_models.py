@@ -2,17 +2,27 @@
 (slow) each posteriordb translation matches its gold-standard reference under NUTS."""
 
 import json
+import tomllib
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import models
 import vingd
-from models import faithfulness, linear_regression, posteriordb
-from models.references import GaussianPosterior
+import vingd_models
 from vingd.validation import trace_model
+from vingd_models import faithfulness, linear_regression, posteriordb
+from vingd_models.references import GaussianPosterior
+
+
+def test_every_installed_package_is_under_a_vingd_name():
+    # a top-level `models` package would shadow, or be shadowed by, a user's own `models`
+    config = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    packages = config["tool"]["setuptools"]["packages"]
+    assert packages and all(name.split(".")[0] in ("vingd", "vingd_models") for name in packages)
+    assert vingd_models.__name__ == "vingd_models" and vingd_models.get("breast_cancer_logistic")
 
 
 def _trace(example):
@@ -29,19 +39,19 @@ def _site_shapes(trace):
 
 
 def test_registry_has_the_issue_s_models():
-    assert len(models.POSTERIORDB) == 12
+    assert len(vingd_models.POSTERIORDB) == 12
     posteriors = {p.stem for p in (posteriordb.ROOT / "posteriors").glob("*-*.json")}
-    assert set(models.POSTERIORDB) == posteriors
-    for example in models.REGISTRY.values():
+    assert set(vingd_models.POSTERIORDB) == posteriors
+    for example in vingd_models.REGISTRY.values():
         assert example.description and "\n" not in example.description
-    assert models.get("breast_cancer_logistic").reference is None
+    assert vingd_models.get("breast_cancer_logistic").reference is None
     with pytest.raises(KeyError, match="known models"):
-        models.get("rats")
+        vingd_models.get("rats")
 
 
-@pytest.mark.parametrize("name", list(models.REGISTRY))
+@pytest.mark.parametrize("name", list(vingd_models.REGISTRY))
 def test_model_loads_traces_and_takes_a_vingd_step(name):
-    example = models.get(name)
+    example = vingd_models.get(name)
     trace = _trace(example)
     observed = [s for s in trace.values() if s["type"] == "sample" and s["is_observed"]]
     assert observed and all(np.all(np.isfinite(s["value"])) for s in observed)
@@ -59,9 +69,9 @@ def test_model_loads_traces_and_takes_a_vingd_step(name):
     assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(fit.params))
 
 
-@pytest.mark.parametrize("name", models.POSTERIORDB)
+@pytest.mark.parametrize("name", vingd_models.POSTERIORDB)
 def test_posteriordb_reference_has_the_model_s_sites(name):
-    example = models.get(name)
+    example = vingd_models.get(name)
     sites = _site_shapes(_trace(example))
     draws = example.reference()
     dimensions = json.loads((posteriordb.ROOT / "posteriors" / f"{name}.json").read_text())
@@ -84,7 +94,7 @@ def test_reference_chains_keep_stan_s_order():
 def test_conjugate_reference_is_the_exact_posterior():
     """With ρ = 1, one vingd step on a conjugate Gaussian model is exact: an independent check
     of the closed form and of its flat (AutoContinuous) order."""
-    example = models.get("statecrime_linear")
+    example = vingd_models.get("statecrime_linear")
     reference = example.reference()
     assert isinstance(reference, GaussianPosterior)
     args, kwargs = example.load()
@@ -101,8 +111,8 @@ def test_conjugate_reference_is_the_exact_posterior():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", models.POSTERIORDB)
+@pytest.mark.parametrize("name", vingd_models.POSTERIORDB)
 def test_posteriordb_translation_is_faithful(name):
-    result = faithfulness.check(models.get(name), seed=0)
+    result = faithfulness.check(vingd_models.get(name), seed=0)
     failed = [c for c in result.checks if not c.faithful]
     assert not failed, f"{name}: not within Monte Carlo error of the reference: {failed}"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import jax
 
-import models
+import vingd_models
 from vingd import diagnostics, plots
 from vingd.compare import GUIDES, WITHIN, compare, default_methods, step_seconds
 from vingd.estimators import ESTIMATORS
@@ -37,13 +37,13 @@ def _out_dir(path: str | None) -> Path | None:
 
 
 def cmd_models(_args) -> None:
-    width = max(map(len, models.REGISTRY))
-    for example in models.REGISTRY.values():
+    width = max(map(len, vingd_models.REGISTRY))
+    for example in vingd_models.REGISTRY.values():
         print(f"{example.name:{width}s}  {example.description}")
 
 
 def cmd_fit(args) -> None:
-    example = models.get(args.model)
+    example = vingd_models.get(args.model)
     out = _out_dir(args.out)
     model_args, model_kwargs = example.load()
     guide = GUIDES["vingd"][args.guide](example.model)
@@ -114,7 +114,7 @@ def _report(example, comparison, figures, num_draws: int) -> str:
 
 
 def cmd_compare(args) -> None:
-    example = models.get(args.model)
+    example = vingd_models.get(args.model)
     out = _out_dir(args.out)
     model_args, model_kwargs = example.load()
     reference = None if example.reference is None else example.reference()

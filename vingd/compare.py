@@ -286,7 +286,7 @@ def reference_moments(reference, model, args=(), kwargs=None) -> dict:
 
     `reference` maps latent or deterministic sites to draws of shape (num_draws, *site_shape)
     (e.g. NUTS or posteriordb) or to exact numpyro distributions; or it is an exact posterior
-    with `mean` and `sd` dicts per site (e.g. `models.references.GaussianPosterior`).
+    with `mean` and `sd` dicts per site (e.g. `vingd_models.references.GaussianPosterior`).
     """
     if isinstance(reference, Mapping):
         moments = {site: _draw_moments(site, value) for site, value in reference.items()}
