@@ -1,6 +1,8 @@
 """ArviZ DataTree output and the PSIS diagnostic, on a conjugate model with a known posterior."""
 
 import dataclasses
+import subprocess
+import sys
 
 import arviz
 import jax
@@ -262,3 +264,15 @@ def test_diagnostics_of_a_subsampled_model_judge_the_whole_data(exact, conjugate
     )
     tree = diagnostics.to_datatree(subsampled_regression, guide, fit, *args, num_samples=100)
     assert tree["log_likelihood"]["y"].shape == (1, 100, len(conjugate.y))
+
+
+def test_importing_arviz_before_vingd_leaves_numpyro_whole():
+    # arviz makes numpyro a lazy module; vingd's first numpyro import was once
+    # `numpyro.distributions`, after which `numpyro.factor` raised AttributeError
+    script = (
+        "import arviz, vingd, numpyro\n"
+        "trace = numpyro.handlers.trace(lambda: numpyro.factor('f', 1.0)).get_trace()\n"
+        "assert float(trace['f']['fn'].log_prob(None)) == 1.0\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]

@@ -4,6 +4,11 @@ Guides hold natural parameters θ of exponential families; `NGD` (inside `numpyr
 `fit` (vingd's own engine) update them by θ ← θ + ρ ∇_μ ELBO.
 """
 
+# numpyro first, whole: after `import arviz` it is a lazy module (arviz_base's lazy_loader), and a
+# first `import numpyro.distributions` into it leaves `numpyro.distributions.distribution`
+# unset, which breaks `numpyro.factor` (and any constrained site) for the whole session
+import numpyro  # noqa: F401
+
 from vingd import estimators, families
 from vingd.compare import Method, compare
 from vingd.conjugate import cavi_step, conjugate_elbo, conjugate_sites, expected_naturals
