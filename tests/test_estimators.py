@@ -15,7 +15,7 @@ from vingd.estimators import ESTIMATORS, default_estimator, get_estimator
 from vingd.families import DiagonalNormal, MultivariateNormal
 from vingd.guides import flat_view_of
 from vingd.infer import initial_params
-from vingd.log_joint import LogJoint, num_observations, observation_terms
+from vingd.log_joint import LogJoint, fisher_terms, num_observations, observation_terms
 
 DIAG, MVN = DiagonalNormal(), MultivariateNormal()
 NODES, WEIGHTS = np.polynomial.hermite_e.hermegauss(40)  # ∫ g(x) N(x|0,1) dx ≈ Σ w g(x) / √(2π)
@@ -164,6 +164,29 @@ def test_fisher_terms_give_the_logistic_fisher():
     expected = (p * (1 - p)) @ X**2
     se = (grads**2).std(0) / np.sqrt(grads.shape[0])
     assert np.all(np.abs((grads**2).mean(0) - expected) < 5 * se), ((grads**2).mean(0), expected)
+
+
+def test_fisher_terms_leave_out_masked_observations():
+    """A masked-out observation has no term, so no Fisher: "ggn" used to fall back to the
+    empirical Fisher on any masked likelihood (e.g. `obs_mask`), and now weights it by 0."""
+    logits, mask = jnp.linspace(-2.0, 2.0, 6), jnp.array([1, 0, 1, 1, 0, 1], bool)
+    fisher = jnp.sqrt(jax.nn.sigmoid(logits) * jax.nn.sigmoid(-logits))
+
+    def inside(y):  # a mask inside an event, and numpyro's `mask` handler over a plate
+        numpyro.sample("a", dist.Bernoulli(logits=logits).mask(mask).to_event(1), obs=y)
+        with numpyro.plate("n", 6), handlers.mask(mask=mask):
+            numpyro.sample("b", dist.Bernoulli(logits=logits), obs=y)
+        numpyro.sample("c", dist.Normal(logits, 2.0).to_event(1).mask(False), obs=y)
+
+    trace = handlers.trace(inside).get_trace(jnp.ones(6))
+    for name in "ab":
+        ((eta, root),) = fisher_terms(trace[name])
+        np.testing.assert_allclose(eta, logits)
+        np.testing.assert_allclose(root, jnp.where(mask, fisher, 0.0), rtol=1e-6)
+    (loc, loc_root), (_, log_scale_root) = fisher_terms(trace["c"])
+    assert (
+        loc.shape == loc_root.shape == (6,) and not np.any(loc_root) and not np.any(log_scale_root)
+    )
 
 
 def test_log_joint_split_and_observation_terms(conjugate):

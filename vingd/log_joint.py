@@ -60,10 +60,19 @@ def _observation_shape(fn, value) -> tuple[int, ...]:
 def fisher_terms(site) -> list[tuple[jax.Array, jax.Array]] | None:
     """[(ηₙ, √Fₙ), ...] per observation of `site`, ηₙ a parameter of its likelihood and Fₙ
     its Fisher information (scaled as the site is); None for other distributions."""
-    fn = site["fn"]
-    while isinstance(fn, dist.Independent | dist.ExpandedDistribution):
+    fn, masks, event_dims = site["fn"], [], 0  # masks: (mask, event dims outside it)
+    while isinstance(fn, dist.Independent | dist.ExpandedDistribution | dist.MaskedDistribution):
+        if isinstance(fn, dist.MaskedDistribution):
+            masks.append((jnp.asarray(fn._mask), event_dims))
+        elif isinstance(fn, dist.Independent):
+            event_dims += fn.reinterpreted_batch_ndims
         fn = fn.base_dist
     shape = _observation_shape(fn, site["value"])
+    # a masked-out observation has no term, so no Fisher (a mask is over its wrapper's batch
+    # shape, which lacks the event dimensions reinterpreted inside it)
+    weight = jnp.ones(shape)
+    for mask, outside in masks:
+        weight = weight * jnp.reshape(mask, mask.shape + (1,) * (event_dims - outside))
     if isinstance(fn, dist.BernoulliLogits | dist.BernoulliProbs):
         pairs = [(fn.logits, jnp.sqrt(jax.nn.sigmoid(fn.logits) * jax.nn.sigmoid(-fn.logits)))]
     elif isinstance(fn, dist.BinomialLogits | dist.BinomialProbs):
@@ -77,7 +86,7 @@ def fisher_terms(site) -> list[tuple[jax.Array, jax.Array]] | None:
         return None
     scale = 1.0 if site["scale"] is None else jnp.sqrt(jnp.asarray(site["scale"]))
     return [
-        (jnp.broadcast_to(eta, shape), jnp.broadcast_to(jax.lax.stop_gradient(root * scale), shape))
+        (jnp.broadcast_to(eta, shape), jax.lax.stop_gradient(root * scale * weight))
         for eta, root in pairs
     ]
 
