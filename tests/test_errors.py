@@ -47,6 +47,26 @@ def test_non_finite_observations_are_named(conjugate, guide_class, bad):
         )
 
 
+def regression_on(x, y=None):
+    slope = numpyro.sample("slope", dist.Normal(0.0, 1.0))
+    numpyro.sample("y", dist.Normal(slope * x, 1.0), obs=y)
+
+
+@pytest.mark.parametrize(
+    "guide_class", [vingd.AutoNaturalNormal, vingd.AutoNaturalMVN, vingd.AutoExpFamily]
+)
+def test_a_nan_covariate_is_named_with_the_site_it_made_invalid(guide_class):
+    # numpyro's own message, "Normal distribution got invalid loc parameter.", names neither
+    x = jnp.array([1.0, jnp.nan, 2.0])
+    message = r"invalid loc parameter\. At site 'y' \(Normal: loc\).*hold NaN.*: x \(1 of 3\)"
+    with pytest.raises(ValueError, match=message):
+        vingd.fit(regression_on, guide=guide_class(regression_on), x=x, y=jnp.ones(3))
+    with pytest.raises(ValueError, match=r"At site 'y'.*: args\[0\] \(1 of 3\)"):
+        SVI(regression_on, guide_class(regression_on), vingd.NGD(0.5), Trace_ELBO()).init(
+            jax_key(), x, jnp.ones(3)
+        )
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [

@@ -56,7 +56,7 @@ from vingd.families import (
     InverseGamma,
     LogNormal,
 )
-from vingd.validation import check_model
+from vingd.validation import check_model, explained_invalid_parameters
 
 FAMILIES: dict[str, ExponentialFamily] = {
     "normal": DiagonalNormal(),
@@ -211,7 +211,7 @@ class AutoExpFamily(AutoGuide):
     # -- set-up ------------------------------------------------------------------------------
     def _setup_prototype(self, *args, **kwargs):
         seeded = handlers.seed(self.model, rng_seed=0)
-        with handlers.block():
+        with handlers.block(), explained_invalid_parameters(self.model, args, kwargs):
             trace = handlers.trace(
                 handlers.substitute(seeded, substitute_fn=self.init_loc_fn)
             ).get_trace(*args, **kwargs)

@@ -25,7 +25,7 @@ from vingd.families import DiagonalNormal, MultivariateNormal
 from vingd.initialization import init_to_median
 from vingd.low_rank import LowRankNormal, LowRankNormalParams
 from vingd.prototype import CompiledPrototype
-from vingd.validation import check_model
+from vingd.validation import check_model, explained_invalid_parameters
 
 
 class _FlatView:
@@ -79,7 +79,8 @@ class AutoNaturalNormal(AutoNormal, CompiledPrototype, _FlatView):
 
     def _setup_prototype(self, *args, **kwargs):
         check_model(self.model, args, kwargs, type(self).__name__)
-        super()._setup_prototype(*args, **kwargs)
+        with explained_invalid_parameters(self.model, args, kwargs):
+            super()._setup_prototype(*args, **kwargs)
         for name, site in self.prototype_trace.items():
             if site["type"] == "sample" and not site["is_observed"]:
                 for frame in site["cond_indep_stack"]:
@@ -199,7 +200,8 @@ class AutoNaturalMVN(_FlatContinuous):
 
     def _setup_prototype(self, *args, **kwargs):
         check_model(self.model, args, kwargs, type(self).__name__)
-        super()._setup_prototype(*args, **kwargs)
+        with explained_invalid_parameters(self.model, args, kwargs):
+            super()._setup_prototype(*args, **kwargs)
 
     @property
     def _param_name(self):
@@ -262,7 +264,8 @@ class AutoNaturalLowRankMVN(_FlatContinuous):
 
     def _setup_prototype(self, *args, **kwargs):
         check_model(self.model, args, kwargs, type(self).__name__)
-        super()._setup_prototype(*args, **kwargs)
+        with explained_invalid_parameters(self.model, args, kwargs):
+            super()._setup_prototype(*args, **kwargs)
         if self.rank is None:
             self.rank = max(1, round(self.latent_dim**0.5))
         if self.rank > self.latent_dim:

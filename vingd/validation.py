@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 from functools import partial
 
 import jax
 import numpy as np
+import numpyro
+import numpyro.distributions as dist
 from numpyro import handlers
 from numpyro.infer.initialization import init_to_uniform
 
@@ -45,6 +48,70 @@ def check_model(model, args, kwargs, guide_name: str, guide_latents=None) -> Non
     """
     check = partial(_check_trace, guide_name=guide_name, guide_latents=guide_latents)
     inspect_model(model, args, kwargs, check)
+
+
+@contextlib.contextmanager
+def explained_invalid_parameters(model, args, kwargs):
+    """Re-raise numpyro's "Normal distribution got invalid loc parameter" from a run of `model`
+    inside (a guide's set-up) naming the site and the arguments that hold NaN or infinite
+    values, the usual cause (a NaN covariate)."""
+    try:
+        yield
+    except ValueError as error:
+        if "distribution got invalid" not in str(error):
+            raise
+        raise ValueError(_invalid_parameter_message(error, model, args, kwargs)) from error
+
+
+def _nonfinite_arguments(args, kwargs) -> list[str]:
+    """ "args[0] (1 of 3)" or "x (1 of 3)" for each array argument with NaN or infinite values."""
+    named = [(f"args[{i}]", arg) for i, arg in enumerate(args)] + list(kwargs.items())
+    found = []
+    for name, arg in named:
+        for path, leaf in jax.tree_util.tree_leaves_with_path(arg):
+            if isinstance(leaf, jax.core.Tracer):
+                continue
+            value = np.asarray(leaf)
+            if np.issubdtype(value.dtype, np.number) and not np.all(np.isfinite(value)):
+                bad = int(value.size - np.isfinite(value).sum())
+                found.append(f"{name}{jax.tree_util.keystr(path)} ({bad} of {value.size})")
+    return found
+
+
+def _invalid_sites(model, args, kwargs) -> list[str]:
+    """'site (Normal: loc)' for each sample site whose distribution has an invalid parameter,
+    from a run without numpyro's validation (executed: this is only for the error message)."""
+    with numpyro.validation_enabled(False):
+        trace = trace_model(model, args, kwargs)
+    found = []
+    for name, site in trace.items():
+        fn = site.get("fn")
+        while isinstance(
+            fn, dist.Independent | dist.ExpandedDistribution | dist.MaskedDistribution
+        ):
+            fn = fn.base_dist
+        if site["type"] != "sample" or fn is None:
+            continue
+        invalid = [
+            param
+            for param, constraint in fn.arg_constraints.items()
+            if param in fn.__dict__ and not np.all(constraint.check(getattr(fn, param)))
+        ]
+        if invalid:
+            found.append(f"{name!r} ({type(fn).__name__}: {', '.join(invalid)})")
+    return found
+
+
+def _invalid_parameter_message(error, model, args, kwargs) -> str:
+    sites = _invalid_sites(model, args, kwargs)
+    arguments = _nonfinite_arguments(args, kwargs)
+    message = f"{error} At site {' and '.join(sites) if sites else '(unknown)'}."
+    if arguments:
+        message += (
+            f" The model's arguments hold NaN or infinite values: {', '.join(arguments)}. "
+            "Drop or impute them (or model the missing covariates)."
+        )
+    return message
 
 
 def _check_trace(trace, guide_name: str, guide_latents=None) -> None:
