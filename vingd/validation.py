@@ -64,7 +64,7 @@ def explained_invalid_parameters(model, args, kwargs):
 
 
 def _nonfinite_arguments(args, kwargs) -> list[str]:
-    """ "args[0] (1 of 3)" or "x (1 of 3)" for each array argument with NaN or infinite values."""
+    """Each array argument holding NaN or infinite values, as "args[0] (1 of 3)" or "x (1 of 3)"."""
     named = [(f"args[{i}]", arg) for i, arg in enumerate(args)] + list(kwargs.items())
     found = []
     for name, arg in named:
@@ -81,17 +81,20 @@ def _nonfinite_arguments(args, kwargs) -> list[str]:
 def _invalid_sites(model, args, kwargs) -> list[str]:
     """'site (Normal: loc)' for each sample site whose distribution has an invalid parameter,
     from a run without numpyro's validation (executed: this is only for the error message)."""
-    with numpyro.validation_enabled(False):
-        trace = trace_model(model, args, kwargs)
+    try:
+        with numpyro.validation_enabled(False):
+            trace = trace_model(model, args, kwargs)
+    except Exception:  # (the model fails elsewhere too: the original error says enough)
+        return []
     found = []
     for name, site in trace.items():
-        fn = site.get("fn")
+        if site["type"] != "sample":
+            continue
+        fn = site["fn"]
         while isinstance(
             fn, dist.Independent | dist.ExpandedDistribution | dist.MaskedDistribution
         ):
             fn = fn.base_dist
-        if site["type"] != "sample" or fn is None:
-            continue
         invalid = [
             param
             for param, constraint in fn.arg_constraints.items()
@@ -105,7 +108,7 @@ def _invalid_sites(model, args, kwargs) -> list[str]:
 def _invalid_parameter_message(error, model, args, kwargs) -> str:
     sites = _invalid_sites(model, args, kwargs)
     arguments = _nonfinite_arguments(args, kwargs)
-    message = f"{error} At site {' and '.join(sites) if sites else '(unknown)'}."
+    message = str(error) + (f" At site {' and '.join(sites)}." if sites else "")
     if arguments:
         message += (
             f" The model's arguments hold NaN or infinite values: {', '.join(arguments)}. "
