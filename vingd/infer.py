@@ -76,7 +76,7 @@ from vingd.estimators import (
 )
 from vingd.expfam import AutoExpFamily
 from vingd.guides import flat_view_of, guide_latents
-from vingd.log_joint import LogJoint, full_data, num_observations
+from vingd.log_joint import LogJoint, full_data, num_observations, subsamples
 from vingd.optim import StepInfo, damped_step, validate_step_size
 from vingd.pytree import merge_arrays, split_arrays
 from vingd.validation import check_model
@@ -96,6 +96,7 @@ class FitConfig:
     num_samples: int
     momentum: float
     max_backoffs: int
+    newton_mean: bool = True  # the estimator's Newton mean step, where it gives one
 
 
 class FitState(NamedTuple):
@@ -213,7 +214,7 @@ def _run_chunk(state, arrays, cap, *, model, guide, config, static):
                 natural,
                 velocity,
             )
-            if estimate.newton_step is not None:
+            if estimate.newton_step is not None and config.newton_mean:
                 direction = _newton_mean(family, natural, direction, rho * estimate.newton_step)
             new, info = damped_step(family, natural, direction, 1.0, config.max_backoffs)
 
@@ -467,8 +468,18 @@ def fit(
     get_estimator(estimator)  # validates the name
 
     rho0 = guide.default_step_size if step_size is None else 1.0
+    minibatches = subsamples(model, args, kwargs)
+    # On a minibatch the mean-field Newton step E_B[∇²f]⁻¹E_B[∇f] is biased (the mean of a
+    # ratio is not the ratio of the means: for log σ it is ½ − B/(2Σr²/σ²), so σ shrinks);
+    # the natural-gradient step, linear in the minibatch's estimates, stays unbiased.
     config = FitConfig(
-        min(window, num_steps), step_size, estimator, num_samples, momentum, max_backoffs
+        min(window, num_steps),
+        step_size,
+        estimator,
+        num_samples,
+        momentum,
+        max_backoffs,
+        newton_mean=not minibatches,
     )
     return _run_fit(
         _run_chunk,

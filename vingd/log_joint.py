@@ -101,6 +101,17 @@ def num_observations(model, args, kwargs) -> int:
     return inspect_model(model, args, kwargs, count)
 
 
+def subsamples(model, args, kwargs) -> bool:
+    """Whether `model(*args, **kwargs)` runs a plate on a minibatch (`subsample_size` below
+    the plate's size)."""
+
+    def subsampled(trace):
+        plates = [site["args"] for site in trace.values() if site["type"] == "plate"]
+        return any(batch is not None and batch < size for size, batch in plates)
+
+    return inspect_model(model, args, kwargs, subsampled)
+
+
 class LogJoint:
     """f(z) for `model(*args, **kwargs)`, z the flat latent read by `unpack_latent`."""
 
