@@ -1,6 +1,7 @@
 """vingd.fit: exactness on a conjugate model, beating Adam SVI, domain safety, jit hygiene."""
 
 import functools
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -319,6 +320,25 @@ def test_stopping_waits_for_a_fit_still_improving_after_a_far_start():
     far_start[0, 0] = 17_000
     assert verdict(far_start[0], far_start[1]) == "improving"
     assert verdict(steady[1], steady[0]) == "worse"
+    # a NaN loss is left out (it used to make every comparison False: "settled")
+    with_nan = steady.copy()
+    with_nan[1, 3] = np.nan
+    assert verdict(with_nan[0], with_nan[1]) == "improving"
+    assert verdict(np.full(25, np.nan), level[1]) == "improving"
+
+
+def test_a_fit_whose_log_density_is_nan_on_part_of_q_warns_and_is_not_converged():
+    def half_nan(y):
+        b = numpyro.sample("b", dist.Normal(0.0, 1.0))
+        numpyro.factor("undefined", jnp.where(b > -0.3, 0.0, jnp.nan))
+        numpyro.sample("y", dist.Normal(b, 1.0), obs=y)
+
+    guide = vingd.AutoNaturalNormal(half_nan)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = vingd.fit(half_nan, jnp.array([-2.0, -1.5, -2.5]), guide=guide, rng_key=0)
+    assert any("ELBO estimates were NaN or infinite" in str(w.message) for w in caught), caught
+    assert not result.converged and result.num_declined > 0
 
 
 def test_mean_field_newton_step_is_saddle_free_where_the_elbo_is_not_concave_in_the_mean():

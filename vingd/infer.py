@@ -359,7 +359,11 @@ def window_verdict(previous: np.ndarray, last: np.ndarray, tol: float) -> str:
 
     The standard error takes the spread of the quieter window: a transient (the first steps
     from a far start) widens a window's spread without being noise, and once let a fit that was
-    still gaining 6 nats a step stop (posteriordb sblrc, mean field)."""
+    still gaining 6 nats a step stop (posteriordb sblrc, mean field). Non-finite losses are
+    left out; with fewer than two finite ones in a window, "improving" (nothing to judge)."""
+    previous, last = previous[np.isfinite(previous)], last[np.isfinite(last)]
+    if min(previous.size, last.size) < 2:
+        return "improving"
     improvement = previous.mean() - last.mean()
     spread = min(previous.var(ddof=1), last.var(ddof=1))
     se = math.sqrt(spread / previous.size + spread / last.size)
@@ -553,7 +557,7 @@ def _run_fit(
         natural, averaged = average, True
     elif verdict == "worse":
         # diverging (a fixed ρ too large for the noise): stop at the better, earlier window
-        rise = float(np.mean(chunks[-1].loss) - np.mean(chunks[-2].loss))
+        rise = float(np.nanmean(chunks[-1].loss) - np.nanmean(chunks[-2].loss))
         warnings.warn(
             f"vingd.fit: the mean loss rose by {rise:.4g} over the last {config.chunk} steps, "
             "beyond the noise; stopped, returning "
@@ -567,12 +571,22 @@ def _run_fit(
     jax.block_until_ready(natural)
     run_seconds = time.perf_counter() - start
     stats = jax.tree.map(lambda *xs: np.concatenate(xs), *chunks)
+    nonfinite = int(np.sum(~np.isfinite(chunks[-1].loss)))
+    if nonfinite:
+        warnings.warn(
+            f"vingd.fit: {nonfinite} of the last {chunks[-1].loss.size} ELBO estimates were NaN "
+            "or infinite: the model's log density is not finite on part of q's support (e.g. a "
+            "parameter that leaves a distribution's support, or a NaN in the data); the fit is "
+            "not reported converged. Check the model there.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
     return FitResult(
         params=unflatten(natural),
         losses=stats.loss,
         step_sizes=stats.step_size,
         num_steps=int(state.count),
-        converged=verdict == "settled",
+        converged=verdict == "settled" and not nonfinite,
         averaged=averaged,
         num_declined=int((~stats.accepted).sum()),
         num_corrected=int(stats.info.num_corrected.sum()),
