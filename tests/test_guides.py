@@ -68,6 +68,41 @@ def test_predictive_and_svi_work_unchanged(guide_class):
     assert np.mean(run.losses[-20:]) < np.mean(run.losses[:20])
 
 
+@pytest.mark.parametrize(
+    "guide_class",
+    [vingd.AutoNaturalNormal, vingd.AutoNaturalMVN, vingd.AutoNaturalLowRankMVN],
+)
+def test_a_new_guide_given_saved_params_works_in_elbo_psis_datatree_and_predictive(guide_class):
+    """A guide built afresh (a new session, params saved) is first run inside `lax.map` or
+    `vmap` there: its set-up once met a traced value (TracerBoolConversionError)."""
+    guide, result = fitted(guide_class, num_steps=5)
+    (expected, se), (value, se_fresh) = (
+        vingd.elbo(eight_schools, g, result.params, SIGMA, Y)
+        for g in (guide, guide_class(eight_schools))
+    )  # (a set-up inside the map takes a key from the seed: other draws, the same ELBO)
+    assert abs(value - expected) < 4 * np.hypot(se, se_fresh)
+    psis = vingd.psis_diagnostic(eight_schools, guide_class(eight_schools), result.params, SIGMA, Y)
+    assert np.isfinite(psis.khat)
+    tree = vingd.to_datatree(
+        eight_schools, guide_class(eight_schools), result.params, SIGMA, Y, num_samples=50
+    )
+    assert tree.posterior["tau"].shape == (1, 50)
+    predictive = Predictive(
+        eight_schools,
+        guide=guide_class(eight_schools),
+        params=result.params,
+        num_samples=200,
+        return_sites=["mu"],
+    )
+    draws = predictive(
+        jax.random.PRNGKey(2),
+        SIGMA,
+        Y,
+    )
+    median = guide.median(result.params)["mu"]
+    assert draws["mu"].shape == (200,) and abs(np.median(draws["mu"]) - median) < 2.0
+
+
 def test_mvn_posterior_is_numpyro_multivariate_normal_in_autocontinuous_order():
     guide, result = fitted(vingd.AutoNaturalMVN, num_steps=3)
     posterior = guide.get_posterior(result.params)

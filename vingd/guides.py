@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from contextlib import ExitStack
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import numpyro
@@ -26,6 +27,12 @@ from vingd.initialization import init_to_median
 from vingd.low_rank import LowRankNormal, LowRankNormalParams
 from vingd.prototype import CompiledPrototype
 from vingd.validation import check_model, explained_invalid_parameters
+
+
+def _host(x):
+    """`x` as a NumPy array, for host arithmetic (operations on device arrays would each compile
+    on first use); a tracer stays one (a guide first run inside `vmap`, e.g. by `Predictive`)."""
+    return x if isinstance(x, jax.core.Tracer) else np.asarray(x)
 
 
 class _FlatView:
@@ -95,9 +102,8 @@ class AutoNaturalNormal(AutoNormal, CompiledPrototype, _FlatView):
         return f"{site}_{self.prefix}_natural"
 
     def _initial(self, site):
-        # host arithmetic: operations on device arrays would each compile on first use
-        init_loc = np.asarray(self._init_locs[site])
-        return self.family.from_loc_scale(init_loc, np.full_like(init_loc, self._init_scale))
+        init_loc = _host(self._init_locs[site])
+        return self.family.from_loc_scale(init_loc, 0 * init_loc + self._init_scale)
 
     def _initial_params(self):
         """θ at the initial locations with scale `init_scale`, per site."""
@@ -208,7 +214,7 @@ class AutoNaturalMVN(_FlatContinuous):
         return f"{self.prefix}_natural"
 
     def _initial(self):
-        init = np.asarray(self._init_latent)  # host arithmetic, as `AutoNaturalNormal._initial`
+        init = _host(self._init_latent)
         eye = np.eye(init.size, dtype=init.dtype)
         return self.family.from_loc_precision(init, eye / self._init_scale**2)
 
@@ -280,11 +286,11 @@ class AutoNaturalLowRankMVN(_FlatContinuous):
         return f"{self.prefix}_low_rank"
 
     def _initial(self):
-        init = np.asarray(self._init_latent)  # host arithmetic, as `AutoNaturalNormal._initial`
+        init = _host(self._init_latent)
         return LowRankNormalParams(
             init,
             np.zeros((init.size, self.rank), init.dtype),
-            np.full_like(init, self._init_scale**-2),
+            0 * init + self._init_scale**-2,
         )
 
     def get_transform(self, params):

@@ -67,9 +67,13 @@ def _initial_values(model, init_loc_fn, rng_key, static, arrays):
 
 def initial_values(model, init_loc_fn, rng_key, args, kwargs):
     """(unconstrained initial values by `init_loc_fn`, whether the log density and its gradient
-    are finite there), from one compiled program (cached per model, strategy and shapes)."""
+    are finite there), from one compiled program (cached per model, strategy and shapes).
+    Under a transform (a guide first run inside `vmap`, `lax.map`) it cannot tell: False, so
+    that numpyro's own set-up, which runs there, takes over."""
     arrays, static = split_arrays((args, kwargs))
     unconstrained, valid = _initial_values(model, init_loc_fn, rng_key, static, arrays)
+    if isinstance(valid, jax.core.Tracer):  # set up under a transform (Predictive's vmap)
+        return unconstrained, False
     return unconstrained, bool(valid)
 
 
