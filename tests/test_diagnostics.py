@@ -276,3 +276,19 @@ def test_importing_arviz_before_vingd_leaves_numpyro_whole():
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_a_factor_is_not_a_log_likelihood(exact, conjugate):
+    """A `numpyro.factor` is an observed Unit site: in log_likelihood it made `arviz.loo` ask
+    which of two arrays to use."""
+
+    def penalised(X, y=None):
+        plated_regression(X, y)
+        numpyro.factor("penalty", 0.0)
+
+    guide, fit = exact
+    tree = diagnostics.to_datatree(
+        penalised, guide, fit, conjugate.X, conjugate.y, num_samples=NUM_DRAWS
+    )
+    assert set(tree["log_likelihood"].data_vars) == {"y"}
+    assert np.isfinite(arviz.loo(tree).elpd)

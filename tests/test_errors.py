@@ -1,6 +1,7 @@
 """Bad input gets a clear error naming what was wrong and what to do."""
 
 import jax.numpy as jnp
+import numpy as np
 import numpyro
 import numpyro.distributions as dist
 import pytest
@@ -8,6 +9,7 @@ from conftest import linear_regression
 from numpyro.infer import SVI, Trace_ELBO
 
 import vingd
+from vingd import Method
 
 GUIDES = pytest.mark.parametrize("guide_class", [vingd.AutoNaturalNormal, vingd.AutoNaturalMVN])
 
@@ -103,9 +105,10 @@ def test_fit_needs_a_vingd_guide(conjugate):
 
 
 @GUIDES
-def test_invalid_init_scale(guide_class):
-    with pytest.raises(ValueError, match="init_scale must be > 0"):
-        guide_class(linear_regression, init_scale=0.0)
+@pytest.mark.parametrize("init_scale", [0.0, float("inf"), float("nan"), "0.1"])
+def test_invalid_init_scale(guide_class, init_scale):
+    with pytest.raises(ValueError, match="init_scale must be a finite number > 0"):
+        guide_class(linear_regression, init_scale=init_scale)
 
 
 def jax_key():
@@ -127,6 +130,43 @@ def test_numpy_scalars_are_numbers(conjugate):
         )  # fmt: skip
         assert result.num_steps == 1 and result.step_sizes[0] == 1.0
     vingd.NGD(np.float32(0.1))
+    mean_field = vingd.AutoNaturalNormal(linear_regression, init_scale=np.float32(0.1))
+    result = vingd.fit(
+        linear_regression, *args, guide=mean_field, num_samples=np.int64(4),
+        momentum=np.float32(0.5), tol=np.float64(1e-3), num_steps=4, window=np.int32(2),
+    )  # fmt: skip
+    assert result.num_steps == 4
+    assert vingd.AutoNaturalLowRankMVN(linear_regression, rank=np.int64(2)).rank == 2
+    Method("vingd", "mvn", num_steps=np.int64(5), step_size=np.float32(0.5))
+    Method("adam", "mvn", num_steps=np.int64(5), step_size=np.float32(0.01))
+
+
+def test_evaluating_a_fit_checks_its_params_data_and_settings(conjugate):
+    """`elbo`, `psis_diagnostic` and `to_datatree` used to draw silently from the guide's
+    initial values given another guide's params, and to treat an observation whose data were
+    left out as a latent."""
+    args = (conjugate.X, conjugate.y)
+    guide = vingd.AutoNaturalMVN(linear_regression)
+    fit = vingd.fit(linear_regression, *args, guide=guide, num_steps=2)
+    other = vingd.fit(
+        linear_regression, *args, guide=vingd.AutoNaturalNormal(linear_regression), num_steps=2
+    ).params
+    for evaluate in (vingd.elbo, vingd.psis_diagnostic, vingd.to_datatree):
+        with pytest.raises(ValueError, match=r"params lack AutoNaturalMVN's parameter"):
+            evaluate(linear_regression, guide, other, *args)
+        with pytest.raises(ValueError, match=r"Is \['y'\] an observation whose data"):
+            evaluate(linear_regression, guide, fit.params, conjugate.X)
+    for bad in (0, 1, 2.5):
+        with pytest.raises(ValueError, match="num_particles must be an integer >= 2"):
+            vingd.elbo(linear_regression, guide, fit.params, *args, num_particles=bad)
+    for bad in ("a", 1.5):
+        with pytest.raises(ValueError, match=r"rng_key must be a jax\.random key"):
+            vingd.elbo(linear_regression, guide, fit.params, *args, rng_key=bad)
+    seeded = vingd.elbo(linear_regression, guide, fit.params, *args, rng_key=1)
+    assert seeded == vingd.elbo(linear_regression, guide, fit.params, *args)
+    assert np.isfinite(
+        vingd.psis_diagnostic(linear_regression, guide, fit.params, *args, rng_key=3).khat
+    )
 
 
 def test_guide_of_another_model_is_refused(conjugate):

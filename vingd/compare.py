@@ -44,7 +44,7 @@ from vingd.estimators import get_estimator
 from vingd.guides import AutoNaturalLowRankMVN, AutoNaturalMVN, AutoNaturalNormal
 from vingd.infer import fit
 from vingd.optim import validate_step_size
-from vingd.validation import trace_model
+from vingd.validation import as_rng_key, is_integer, is_real, trace_model
 
 GUIDES = {
     "vingd": {
@@ -89,7 +89,7 @@ class Method:
                 f"family must be one of {sorted(GUIDES[self.engine])}, got {self.family!r}."
             )
         steps = self.num_steps
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        if not is_integer(steps) or steps < 1:
             raise ValueError(f"num_steps must be an integer >= 1, got {self.num_steps!r}.")
         if self.engine == "vingd":
             if self.step_size is not None:
@@ -97,7 +97,7 @@ class Method:
             if self.estimator is not None:
                 get_estimator(self.estimator)
             return
-        if not isinstance(self.step_size, int | float) or not self.step_size > 0:
+        if not is_real(self.step_size) or not self.step_size > 0:
             raise ValueError(
                 f"step_size (Adam's learning rate) must be a number > 0, got {self.step_size!r}."
             )
@@ -438,7 +438,7 @@ def compare(
     if not methods or not all(isinstance(m, Method) for m in methods):
         raise ValueError("methods must be a non-empty sequence of vingd.compare.Method objects.")
     moments = None if reference is None else reference_moments(reference, model, args, kwargs)
-    rng_key = jax.random.PRNGKey(0) if rng_key is None else rng_key
+    rng_key = as_rng_key(rng_key)
     start_key, fit_key, draw_key = jax.random.split(rng_key, 3)
     init_loc_fn = _shared_start(model, args, kwargs, start_key)
 

@@ -32,7 +32,9 @@ from numpyro import handlers
 from numpyro.infer.util import get_importance_trace
 from scipy.special import logsumexp
 
+from vingd.guides import check_params
 from vingd.log_joint import full_data
+from vingd.validation import as_rng_key, inspect_model
 
 #: Yao et al. (2018), §2.3: k̂ below GOOD means q is close to the posterior; below OK the
 #: importance-weighted estimates still converge at a usable rate; above, they are unreliable.
@@ -69,7 +71,8 @@ def draw(model, guide, params, *args, num_samples: int = 1000, rng_key=None, **k
     on the whole data (subsampled plates at full size: `vingd.log_joint.full_data`)."""
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 10:
         raise ValueError(f"num_samples must be an integer >= 10, got {num_samples!r}.")
-    rng_key = jax.random.PRNGKey(0) if rng_key is None else rng_key
+    rng_key = as_rng_key(rng_key)
+    check_params(model, guide, params, args, kwargs)
     model = full_data(model)  # (subsampled plates at full size)
 
     def one(key):
@@ -276,6 +279,18 @@ def to_datatree(
         .to_dataset()
         .assign({name: ("step", np.asarray(value)) for name, value in steps.items()})
     )
+    # a numpyro.factor is an observed Unit site, not data: out of log_likelihood (or `loo`
+    # finds several arrays and asks which)
+    factors = inspect_model(
+        model,
+        args,
+        kwargs,
+        lambda t: [n for n, s in t.items() if isinstance(s.get("fn"), dist.Unit)],
+    )
+    if "log_likelihood" in tree.children and factors:
+        tree["log_likelihood"] = (
+            tree["log_likelihood"].to_dataset().drop_vars(factors, errors="ignore")
+        )
     tree.attrs = {
         "guide": type(guide).__name__,
         **settings,

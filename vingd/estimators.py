@@ -34,6 +34,7 @@ import jax.numpy as jnp
 
 from vingd.families import DiagonalNormal, MultivariateNormal
 from vingd.low_rank import LowRankCurvature, LowRankNormal
+from vingd.validation import is_integer
 
 
 class Estimate(NamedTuple):
@@ -51,12 +52,7 @@ class Estimate(NamedTuple):
 
 def validate_num_samples(num_samples) -> None:
     """Raise `ValueError` unless `num_samples` is 1 or an even integer >= 2 (antithetic pairs)."""
-    if (
-        isinstance(num_samples, bool)
-        or not isinstance(num_samples, int)
-        or num_samples < 1
-        or (num_samples > 1 and num_samples % 2)
-    ):
+    if not is_integer(num_samples) or num_samples < 1 or (num_samples > 1 and num_samples % 2):
         raise ValueError(
             f"num_samples must be 1 or an even integer >= 2 (draws come in antithetic pairs), "
             f"got {num_samples!r}."

@@ -10,6 +10,7 @@ a family over the concatenated unconstrained latent vector (`flat_family`, `flat
 
 from __future__ import annotations
 
+import math
 from contextlib import ExitStack
 
 import jax
@@ -18,6 +19,7 @@ import numpy as np
 import numpyro
 import numpyro.distributions as dist
 from jax.flatten_util import ravel_pytree
+from numpyro import handlers
 from numpyro.distributions.transforms import LowerCholeskyAffine
 from numpyro.distributions.util import cholesky_of_inverse
 from numpyro.infer.autoguide import AutoContinuous, AutoNormal
@@ -26,7 +28,7 @@ from vingd.families import DiagonalNormal, MultivariateNormal
 from vingd.initialization import init_to_median
 from vingd.low_rank import LowRankNormal, LowRankNormalParams
 from vingd.prototype import CompiledPrototype
-from vingd.validation import check_model, explained_invalid_parameters
+from vingd.validation import check_model, explained_invalid_parameters, is_integer, is_real
 
 
 def _host(x):
@@ -59,8 +61,8 @@ class _FlatView:
 
 
 def _validate_init_scale(init_scale):
-    if not init_scale > 0:
-        raise ValueError(f"init_scale must be > 0, got {init_scale!r}.")
+    if not is_real(init_scale) or not 0 < init_scale < math.inf:
+        raise ValueError(f"init_scale must be a finite number > 0, got {init_scale!r}.")
 
 
 class AutoNaturalNormal(AutoNormal, CompiledPrototype, _FlatView):
@@ -262,10 +264,10 @@ class AutoNaturalLowRankMVN(_FlatContinuous):
     def __init__(
         self, model, *, rank=None, prefix="auto", init_loc_fn=init_to_median, init_scale=0.1
     ):
-        if rank is not None and (not isinstance(rank, int) or isinstance(rank, bool) or rank < 1):
+        if rank is not None and (not is_integer(rank) or rank < 1):
             raise ValueError(f"rank must be an integer >= 1 (or None for √d), got {rank!r}.")
         _validate_init_scale(init_scale)
-        self.rank, self._init_scale = rank, init_scale
+        self.rank, self._init_scale = None if rank is None else int(rank), init_scale
         super().__init__(model, prefix=prefix, init_loc_fn=init_loc_fn)
 
     def _setup_prototype(self, *args, **kwargs):
@@ -321,6 +323,26 @@ def guide_latents(guide) -> dict:
         for name, site in guide.prototype_trace.items()
         if site["type"] == "sample" and not site["is_observed"]
     }
+
+
+def check_params(model, guide, params, args, kwargs) -> None:
+    """Set a vingd `guide` up if it is new, and raise `ValueError` unless `params` hold its
+    parameters and it was built for `model(*args, **kwargs)` (the same latent sites). A guide
+    run with params it does not use draws silently from its initial values; a model whose
+    observations were left out has them as latents the guide knows nothing of. numpyro's own
+    guides pass unchecked."""
+    if not hasattr(guide, "init_params"):
+        return
+    with handlers.block(), handlers.seed(rng_seed=0):
+        expected = guide.init_params(*args, **kwargs)
+    missing = sorted(set(expected) - set(params))
+    if missing:
+        raise ValueError(
+            f"params lack {type(guide).__name__}'s parameter(s) {missing}; got keys "
+            f"{sorted(params)}. Pass the params of a fit with this guide type (another guide's?)."
+        )
+    if isinstance(guide, _FlatView):  # (AutoExpFamily's discrete latents: its own checks)
+        check_model(model, args, kwargs, type(guide).__name__, guide_latents(guide))
 
 
 def flat_view_of(guide, user: str = "vingd.fit"):

@@ -54,7 +54,6 @@ import collections
 import contextlib
 import dataclasses
 import math
-import numbers
 import sys
 import time
 import warnings
@@ -75,11 +74,11 @@ from vingd.estimators import (
     validate_num_samples,
 )
 from vingd.expfam import AutoExpFamily
-from vingd.guides import flat_view_of, guide_latents
+from vingd.guides import check_params, flat_view_of, guide_latents
 from vingd.log_joint import LogJoint, full_data, num_observations, subsamples
 from vingd.optim import StepInfo, damped_step, validate_step_size
 from vingd.pytree import merge_arrays, split_arrays
-from vingd.validation import check_model
+from vingd.validation import as_rng_key, check_model, is_integer, is_real
 
 GROW, SHRINK, DECAY, MIN_STEP_SIZE = 1.5, 0.5, 0.9, 1e-4
 #: adaptive ρ at or below which a step within the noise settles the fit, and its ceiling after
@@ -146,13 +145,9 @@ class FitResult:
     run_seconds: float
 
 
-def _is_int(x) -> bool:
-    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
-
-
 def _validate(num_steps, step_size, num_samples, max_backoffs, momentum, window, tol):
     """`ValueError` for a bad setting; else (num_steps, step_size) as Python numbers."""
-    if not _is_int(num_steps) or num_steps < 1:
+    if not is_integer(num_steps) or num_steps < 1:
         raise ValueError(f"num_steps must be an integer >= 1, got {num_steps!r}.")
     if step_size is not None:
         step_size = validate_step_size(step_size)
@@ -162,22 +157,20 @@ def _validate(num_steps, step_size, num_samples, max_backoffs, momentum, window,
             "num_samples=1 needs a fixed step_size or a schedule: adaptive ρ (step_size=None) "
             "judges each step by the spread of the ELBO change over at least 2 draws."
         )
-    if not _is_int(max_backoffs) or max_backoffs < 0:
+    if not is_integer(max_backoffs) or max_backoffs < 0:
         raise ValueError(f"max_backoffs must be an integer >= 0, got {max_backoffs!r}.")
-    if not isinstance(momentum, int | float) or not 0 <= momentum < 1:
+    if not is_real(momentum) or not 0 <= momentum < 1:
         raise ValueError(f"momentum must be a number in [0, 1), got {momentum!r}.")
-    if not _is_int(window) or window < 2:
+    if not is_integer(window) or window < 2:
         raise ValueError(f"window must be an integer >= 2, got {window!r}.")
-    if tol is not None and (not isinstance(tol, int | float) or not tol >= 0):
+    if tol is not None and (not is_real(tol) or not tol >= 0):
         raise ValueError(f"tol must be a number >= 0, or None to run all num_steps; got {tol!r}.")
     return int(num_steps), step_size
 
 
 def _key(rng_key):
     """`rng_key`, an integer seed as `PRNGKey(seed)`, or `PRNGKey(0)` for None."""
-    if rng_key is None or _is_int(rng_key):
-        return jax.random.PRNGKey(0 if rng_key is None else int(rng_key))
-    return rng_key
+    return as_rng_key(rng_key)
 
 
 def _tree_where(cond, a, b):
@@ -601,7 +594,14 @@ def _run_fit(
 def elbo(model, guide, params, *args, rng_key=None, num_particles: int = 2000, **kwargs):
     """ELBO of any guide's `params` from `num_particles` draws, and its standard error (on the
     whole data: subsampled plates at full size)."""
-    rng_key = jax.random.PRNGKey(1) if rng_key is None else rng_key
+    rng_key = as_rng_key(rng_key, default_seed=1)
+    if not is_integer(num_particles) or num_particles < 2:
+        raise ValueError(
+            f"num_particles must be an integer >= 2 (the standard error needs two), got "
+            f"{num_particles!r}."
+        )
+    num_particles = int(num_particles)
+    check_params(model, guide, params, args, kwargs)
     keys = jax.random.split(rng_key, num_particles)
     loss = Trace_ELBO()
     model = full_data(model)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import numbers
 from functools import partial
 
 import jax
@@ -11,6 +12,34 @@ import numpyro
 import numpyro.distributions as dist
 from numpyro import handlers
 from numpyro.infer.initialization import init_to_uniform
+
+
+def is_integer(x) -> bool:
+    """An integer (Python or NumPy), not a bool."""
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+
+
+def is_real(x) -> bool:
+    """A real number (Python or NumPy), not a bool."""
+    return isinstance(x, numbers.Real) and not isinstance(x, bool)
+
+
+def as_rng_key(rng_key, default_seed: int = 0) -> jax.Array:
+    """`rng_key` (a `jax.random` key), an integer seed as `PRNGKey(seed)`, or
+    `PRNGKey(default_seed)` for None; `ValueError` for anything else."""
+    if rng_key is None or is_integer(rng_key):
+        return jax.random.PRNGKey(default_seed if rng_key is None else int(rng_key))
+    try:
+        key = rng_key if isinstance(rng_key, jax.Array) else np.asarray(rng_key)
+        typed = jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
+        if typed or (key.dtype == np.uint32 and key.shape[-1:] == (2,)):
+            return rng_key
+    except (TypeError, ValueError):
+        pass
+    raise ValueError(
+        f"rng_key must be a jax.random key (e.g. jax.random.PRNGKey(0)) or an integer seed, "
+        f"got {rng_key!r}."
+    )
 
 
 def trace_model(model, args, kwargs):
@@ -156,8 +185,10 @@ def _check_trace(trace, guide_name: str, guide_latents=None) -> None:
             "Check that the data are passed as `obs=` only where intended."
         )
     if guide_latents is not None and latents != dict(guide_latents):
+        extra = sorted(set(latents) - set(guide_latents))
+        hint = f" Is {extra} an observation whose data were not passed?" if extra else ""
         raise ValueError(
             f"The guide was built for a model with latent sites {dict(guide_latents)}, but the "
-            f"model being fitted has {latents}. Build the guide from this model: "
-            f"{guide_name}(model)."
+            f"model run with these arguments has {latents}.{hint} Pass the data the guide was "
+            f"built with, or build the guide from this model: {guide_name}(model)."
         )
