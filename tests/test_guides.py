@@ -103,6 +103,21 @@ def test_a_new_guide_given_saved_params_works_in_elbo_psis_datatree_and_predicti
     assert draws["mu"].shape == (200,) and abs(np.median(draws["mu"]) - median) < 2.0
 
 
+@pytest.mark.parametrize(
+    "guide_class",
+    [vingd.AutoNaturalNormal, vingd.AutoNaturalMVN, vingd.AutoNaturalLowRankMVN],
+)
+def test_a_guide_never_run_says_how_to_set_it_up(guide_class):
+    guide, result = fitted(guide_class, num_steps=5)
+    fresh = guide_class(eight_schools)
+    with pytest.raises(ValueError, match=r"median needs the guide set up.*init_params"):
+        fresh.median(result.params)  # (was AttributeError: _init_locs, or 'NoneType')
+    fresh.init_params(SIGMA, Y)  # (no seed handler needed)
+    np.testing.assert_allclose(
+        fresh.median(result.params)["tau"], guide.median(result.params)["tau"]
+    )
+
+
 def test_mvn_posterior_is_numpyro_multivariate_normal_in_autocontinuous_order():
     guide, result = fitted(vingd.AutoNaturalMVN, num_steps=3)
     posterior = guide.get_posterior(result.params)

@@ -10,6 +10,8 @@ a family over the concatenated unconstrained latent vector (`flat_family`, `flat
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 from contextlib import ExitStack
 
@@ -37,6 +39,22 @@ def _host(x):
     return x if isinstance(x, jax.core.Tracer) else np.asarray(x)
 
 
+def _needs_setup(method):
+    """`method`, or a `ValueError` saying how to set the guide up if it has never run."""
+
+    @functools.wraps(method)
+    def checked(self, *args, **kwargs):
+        if self.prototype_trace is None:
+            raise ValueError(
+                f"{type(self).__name__}.{method.__name__} needs the guide set up on the model's "
+                "data: fit it (vingd.fit, SVI.init), or, for a new guide given saved params, call "
+                "guide.init_params(*model_args, **model_kwargs) first."
+            )
+        return method(self, *args, **kwargs)
+
+    return checked
+
+
 class _FlatView:
     """What `vingd.fit` reads from a Gaussian guide besides its flat view (`flatten`,
     `unflatten`, `unpack_latent`): the family, the initial parameters, the compile key."""
@@ -53,10 +71,12 @@ class _FlatView:
         return type(self), self.model, layout
 
     def init_params(self, *args, **kwargs) -> dict:
-        """The parameters a fit starts from (the guide is set up on first use, under a seed
-        handler), without drawing from the guide as a guide call would."""
+        """The parameters a fit starts from (the guide is set up on first use, under the seed
+        handler in effect, or seed 0), without drawing from the guide as a guide call would."""
         if self.prototype_trace is None:
-            self._setup_prototype(*args, **kwargs)
+            seeded = any(isinstance(h, handlers.seed) for h in numpyro.primitives._PYRO_STACK)
+            with contextlib.nullcontext() if seeded else handlers.seed(rng_seed=0):
+                self._setup_prototype(*args, **kwargs)
         return self._initial_params()
 
 
@@ -139,14 +159,17 @@ class AutoNaturalNormal(AutoNormal, CompiledPrototype, _FlatView):
             out[f"{site}_{self.prefix}_scale"] = scale
         return out
 
+    @_needs_setup
     def sample_posterior(self, rng_key, params, *args, sample_shape=(), **kwargs):
         return super().sample_posterior(
             rng_key, self._as_loc_scale(params), *args, sample_shape=sample_shape, **kwargs
         )
 
+    @_needs_setup
     def median(self, params):
         return super().median(self._as_loc_scale(params))
 
+    @_needs_setup
     def quantiles(self, params, quantiles):
         return super().quantiles(self._as_loc_scale(params), quantiles)
 
@@ -223,19 +246,23 @@ class AutoNaturalMVN(_FlatContinuous):
     def get_base_dist(self):
         return dist.Normal(jnp.zeros(self.latent_dim), 1).to_event(1)
 
+    @_needs_setup
     def get_transform(self, params):
         natural = params[self._param_name]
         scale_tril = cholesky_of_inverse(self.family.precision(natural))
         return LowerCholeskyAffine(self.family.loc(natural), scale_tril)
 
+    @_needs_setup
     def get_posterior(self, params):
         """The numpyro `MultivariateNormal` over the flat unconstrained latents."""
         transform = self.get_transform(params)
         return dist.MultivariateNormal(transform.loc, scale_tril=transform.scale_tril)
 
+    @_needs_setup
     def median(self, params):
         return self._unpack_and_constrain(self.family.loc(params[self._param_name]), params)
 
+    @_needs_setup
     def quantiles(self, params, quantiles):
         transform = self.get_transform(params)
         scale = jnp.linalg.norm(transform.scale_tril, axis=-1)
@@ -295,19 +322,23 @@ class AutoNaturalLowRankMVN(_FlatContinuous):
             0 * init + self._init_scale**-2,
         )
 
+    @_needs_setup
     def get_transform(self, params):
         raise NotImplementedError(
             f"{type(self).__name__} has no O(d·rank) bijection from base noise (its draws use "
             "d + rank normals); use get_posterior(params) or sample_posterior."
         )
 
+    @_needs_setup
     def get_posterior(self, params):
         """`LowRankPrecisionNormal` over the flat unconstrained latents."""
         return self.family.to_numpyro(params[self._param_name])
 
+    @_needs_setup
     def median(self, params):
         return self._unpack_and_constrain(params[self._param_name].loc, params)
 
+    @_needs_setup
     def quantiles(self, params, quantiles):
         posterior = self.get_posterior(params)
         latent = dist.Normal(posterior.mean, jnp.sqrt(posterior.variance)).icdf(
