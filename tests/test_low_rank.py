@@ -259,6 +259,14 @@ def test_posterior_helpers_predictive_and_svi(conjugate, rng_key):
         np.testing.assert_allclose(guide.median(result.params)[name], q[name][1], rtol=1e-10)
     pred = Predictive(linear_regression, guide=guide, params=result.params, num_samples=10)
     assert pred(rng_key, conjugate.X)["y"].shape == (10, len(conjugate.y))
+    posterior = guide.get_posterior(result.params)  # dense matrices, as numpyro's MVN has them
+    latent = np.asarray(guide.sample_posterior(rng_key, result.params, sample_shape=(20_000,))["w"])
+    np.testing.assert_allclose(
+        posterior.covariance_matrix @ posterior.precision_matrix, np.eye(4), atol=1e-8
+    )
+    np.testing.assert_allclose(  # (the flat latent is (w, b))
+        np.cov(latent.T), posterior.covariance_matrix[:3, :3], rtol=0.05, atol=1e-4
+    )
     with pytest.raises(ValueError, match=r"fit it with vingd\.fit"):
         SVI(linear_regression, guide, vingd.NGD(0.1), Trace_ELBO()).init(rng_key, *args)
     with pytest.raises(ValueError, match=r"NaturalELBO works with .* with vingd\.fit"):

@@ -224,3 +224,15 @@ class LowRankPrecisionNormal(dist.Distribution):
     @property
     def variance(self):
         return LowRankNormal.marginal_variance(self._params)
+
+    @property
+    def precision_matrix(self):
+        """UUᵀ + diag(D), dense (d × d)."""
+        return self.factor @ jnp.swapaxes(self.factor, -1, -2) + jnp.vectorize(
+            jnp.diag, signature="(d)->(d,d)"
+        )(self.diag)
+
+    @property
+    def covariance_matrix(self):
+        """(UUᵀ + diag(D))⁻¹, dense (d × d; O(d³), for moderate d)."""
+        return jnp.linalg.inv(self.precision_matrix)
