@@ -209,3 +209,18 @@ def test_init_params_start_a_fresh_guide_and_must_be_its_own(conjugate, guide_cl
         vingd.fit(
             linear_regression, *args, guide=other(linear_regression), init_params=first.params
         )
+
+
+def test_an_argument_neither_array_nor_hashable_is_named(conjugate):
+    """vingd's programs take non-array arguments as hashable constants; a DataFrame used to
+    fail deep in jax ("Non-hashable static arguments are not supported")."""
+
+    class Table(dict):  # (unhashable, and not a pytree: like a DataFrame)
+        __hash__ = None
+
+    def regression(table, y=None):
+        return linear_regression(conjugate.X, y)
+
+    guide = vingd.AutoNaturalMVN(regression)
+    with pytest.raises(ValueError, match=r"argument args\[0\] is a Table, neither an array"):
+        vingd.fit(regression, Table(), conjugate.y, guide=guide, num_steps=1)
