@@ -145,6 +145,21 @@ def cmd_compare(args) -> None:
         print(f"Report: {report}")
 
 
+def _at_least(low: int):
+    """An argparse type: an integer >= `low` (checked before any work, not after a fit)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {value}")
+        return value
+
+    return parse
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="vingd", description="Natural-gradient VI for NumPyro.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -153,12 +168,16 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("fit", help="fit a bundled model; write an ArviZ DataTree, summary, plots")
     p.add_argument("model", help="a name from `vingd models`")
     p.add_argument("--guide", choices=list(GUIDES["vingd"]), default="mvn")
-    p.add_argument("--num-steps", type=int, default=1000, help="the most steps (default 1000)")
+    p.add_argument(
+        "--num-steps", type=_at_least(1), default=1000, help="the most steps (default 1000)"
+    )
     p.add_argument("--step-size", type=float, help="fixed ρ in (0, 1] (default: adaptive)")
     p.add_argument(
         "--estimator", choices=sorted(ESTIMATORS), help="∇_μ estimator (default: by guide and d)"
     )
-    p.add_argument("--draws", type=int, default=1000, help="posterior draws (default 1000)")
+    p.add_argument(
+        "--draws", type=_at_least(10), default=1000, help="posterior draws (default 1000)"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="directory for posterior.nc, summary.csv and the plots")
     p.set_defaults(func=cmd_fit)
@@ -168,10 +187,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--family", choices=["mvn", "meanfield"], nargs="+", default=["mvn", "meanfield"]
     )
-    p.add_argument("--vingd-steps", type=int, default=1000, help="the most vingd steps")
-    p.add_argument("--adam-steps", type=int, default=5000)
+    p.add_argument("--vingd-steps", type=_at_least(1), default=1000, help="the most vingd steps")
+    p.add_argument("--adam-steps", type=_at_least(1), default=5000)
     p.add_argument("--lr", type=float, nargs="+", default=[3e-3, 1e-2, 3e-2], help="Adam rates")
-    p.add_argument("--draws", type=int, default=2000, help="draws per fit for ELBO, PSIS")
+    p.add_argument("--draws", type=_at_least(10), default=2000, help="draws per fit for ELBO, PSIS")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="directory for report.md and its plots")
     p.set_defaults(func=cmd_compare)
