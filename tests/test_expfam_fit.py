@@ -239,3 +239,26 @@ def test_invalid_data_and_init_params_are_named():
     bad = {"p_auto_natural": fam.BetaNatural(jnp.asarray(-2.0), jnp.asarray(1.0))}
     with pytest.raises(ValueError, match=r"'p_auto_natural'.*site 'p'.*Beta"):
         vingd.fit(beta_bernoulli, Y_BERNOULLI, guide=guide, init_params=bad, num_steps=1)
+
+
+def test_gamma_sites_are_drawn_by_one_sampler_with_each_sites_own_law():
+    """The drawn Gamma factors share one sampler call (compiled once, not once per site and
+    per ELBO evaluation); each site's draws still follow its own Gamma(α, β), in its shape."""
+
+    def rates(y):
+        a = numpyro.sample("a", dist.Gamma(2.0, 1.0))
+        b = numpyro.sample("b", dist.Gamma(1.0, 1.0).expand([3]).to_event(1))
+        numpyro.sample("y", dist.Poisson(a + b.sum()), obs=y)
+
+    guide = vingd.AutoExpFamily(rates)
+    params = guide.init_params(jnp.array(3.0))
+    naturals = guide.naturals(params)
+    naturals["a"] = fam.Gamma().from_shape_rate(jnp.asarray(5.0), jnp.asarray(2.0))
+    naturals["b"] = fam.Gamma().from_shape_rate(jnp.array([1.0, 3.0, 9.0]), jnp.array(3.0))
+    modes = dict.fromkeys(guide.sites, "draw")
+    draws = vingd.expectation._grouped_draws(guide, naturals, modes, jax.random.PRNGKey(0), 4000)
+    assert draws["a"].shape == (4000,) and draws["b"].shape == (4000, 3)
+    for name, mean in [("a", [2.5]), ("b", [1 / 3, 1.0, 3.0])]:
+        x = np.asarray(draws[name]).reshape(4000, -1)
+        se = x.std(0) / np.sqrt(4000)
+        assert np.all(np.abs(x.mean(0) - mean) < 5 * se), (name, x.mean(0))

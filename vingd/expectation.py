@@ -38,7 +38,7 @@ from numpyro import handlers
 from numpyro.distributions.util import scale_and_mask
 from numpyro.infer.elbo import ELBO
 
-from vingd.families import DiagonalNormal, LogNormal
+from vingd.families import Beta, DiagonalNormal, Gamma, InverseGamma, LogNormal
 
 MAX_GRID = 2**14
 
@@ -208,6 +208,7 @@ def particles(
     size = num_particles if sampled else 1
     axes, constant = [], jnp.zeros(())
     values, log_dets, log_q = {}, jnp.zeros(size), jnp.zeros(size)
+    grouped = _grouped_draws(guide, naturals, modes, jax.random.fold_in(draw_key, 1), size)
     for key, (name, site) in zip(keys, guide.sites.items(), strict=True):
         natural = naturals[name]
         if modes[name] == "exact":
@@ -216,7 +217,7 @@ def particles(
             axes.append(axis)
             constant = constant + log_jacobian
         elif modes[name] == "draw":
-            x = draws(site, key, natural, size)
+            x = grouped[name] if name in grouped else draws(site, key, natural, size)
             values[name] = site.value(x)
             if site.transform is not None:
                 log_dets = log_dets + jax.vmap(lambda u, s=site: _log_det(s, u))(x)
@@ -238,6 +239,37 @@ def particles(
             model, axes, args, kwargs, rng_key=model_key, params=params
         )[None]
     return Particles(log_joints + log_dets + constant, log_q)
+
+
+def _grouped_draws(guide, naturals, modes, rng_key, size: int) -> dict:
+    """`{site: (size, *shape) draws}` for the drawn sites of Gamma, inverse-Gamma and Beta
+    factors, from one sampler call per family over all of its sites. numpyro's Gamma sampler
+    (a rejection loop, with an implicit reparameterisation gradient) was compiled once per
+    site and ELBO evaluation: with 7 drawn scalar Gamma sites the fit compiled in over 150 s,
+    now 108 s (what else grows superlinearly with the sites is not yet known)."""
+    groups: dict = {}
+    for name, site in guide.sites.items():
+        if modes[name] == "draw" and isinstance(site.family, Gamma | InverseGamma | Beta):
+            groups.setdefault(type(site.family), []).append(name)
+    out = {}
+    for i, names in enumerate(groups.values()):
+        if len(names) < 2:
+            continue
+        shapes = [jnp.broadcast_shapes(*map(jnp.shape, naturals[name])) for name in names]
+
+        def raveled(field, names=names, shapes=shapes):
+            leaves = [getattr(naturals[n], field) for n in names]
+            return jnp.concatenate(
+                [jnp.ravel(jnp.broadcast_to(x, s)) for x, s in zip(leaves, shapes, strict=True)]
+            )
+
+        first = naturals[names[0]]
+        flat = type(first)(*map(raveled, first._fields))
+        x = guide.sites[names[0]].family.sample(jax.random.fold_in(rng_key, i), flat, (size,))
+        pieces = jnp.split(x, np.cumsum([math.prod(shape) for shape in shapes])[:-1], axis=1)
+        for name, shape, piece in zip(names, shapes, pieces, strict=True):
+            out[name] = piece.reshape((size, *shape))
+    return out
 
 
 def _log_det(site, u) -> jax.Array:
