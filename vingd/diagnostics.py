@@ -34,7 +34,7 @@ from scipy.special import logsumexp
 
 from vingd.guides import check_params
 from vingd.log_joint import full_data
-from vingd.validation import as_rng_key, inspect_model
+from vingd.validation import as_rng_key, inspect_model, is_integer
 
 #: Yao et al. (2018), §2.3: k̂ below GOOD means q is close to the posterior; below OK the
 #: importance-weighted estimates still converge at a usable rate; above, they are unreliable.
@@ -69,9 +69,9 @@ class Draws(NamedTuple):
 def draw(model, guide, params, *args, num_samples: int = 1000, rng_key=None, **kwargs) -> Draws:
     """`num_samples` draws z_s ~ q (guide with `params`), each with log p(y, z_s) and log q(z_s)
     on the whole data (subsampled plates at full size: `vingd.log_joint.full_data`)."""
-    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 10:
+    if not is_integer(num_samples) or num_samples < 10:
         raise ValueError(f"num_samples must be an integer >= 10, got {num_samples!r}.")
-    rng_key = as_rng_key(rng_key)
+    num_samples, rng_key = int(num_samples), as_rng_key(rng_key)
     check_params(model, guide, params, args, kwargs)
     model = full_data(model)  # (subsampled plates at full size)
 
