@@ -79,6 +79,7 @@ def test_compare_writes_a_report(tmp_path, capsys):
         (["fit", TINY, "--draws", "3"], "argument --draws: must be an integer >= 10, got 3"),
         (["compare", TINY, "--draws", "5"], "argument --draws: must be an integer >= 10"),
         (["fit", TINY, "--num-steps", "0"], "argument --num-steps: must be an integer >= 1"),
+        (["fit", TINY, "--estimator", "hvp"], "does not work with --guide mvn; use --guide mea"),
         (["compare", TINY, "--lr", "-1"], "Adam's learning rate) must be a number > 0"),
         (["frobnicate"], "argument command: invalid choice: 'frobnicate'"),
     ],

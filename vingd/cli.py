@@ -42,7 +42,23 @@ def cmd_models(_args) -> None:
         print(f"{example.name:{width}s}  {example.description}")
 
 
+#: estimator -> the --guide choices it works with (the others: every guide)
+ESTIMATOR_GUIDES = {
+    "hvp": ("meanfield",),
+    "gradsq": ("meanfield", "lowrank"),
+    "ggn": ("meanfield", "lowrank"),
+    "reparam": ("mvn", "meanfield"),
+}
+
+
 def cmd_fit(args) -> None:
+    fits = ESTIMATOR_GUIDES.get(args.estimator, (args.guide,))
+    if args.guide not in fits:
+        raise UsageError(
+            f"--estimator {args.estimator} does not work with --guide {args.guide}; use "
+            + " or ".join(f"--guide {g}" for g in fits)
+            + "."
+        )
     example = vingd_models.get(args.model)
     out = _out_dir(args.out)
     model_args, model_kwargs = example.load()
