@@ -257,3 +257,21 @@ def test_svi_ngd_with_enumerated_assignments_reaches_the_cavi_answer(mixture_dat
     assert np.all(np.abs(batches.mean(0) - m) < 4 * se + 1e-3), (batches.mean(0), m, se)
     assert np.max(np.abs(np.asarray(probs[100:]).mean(0) - r)) < 0.02
     assert vingd.NGD.diagnostics(state.optim_state).num_rejected == 0
+
+
+def test_conjugate_sites_are_found_in_float32():
+    """Five Gamma precisions, each conjugate to its Normal likelihood given the mean: in float32
+    the old fixed tolerance (1e-6, below rounding) called four of them not affine, so they were
+    drawn (noisier steps, and the compile grew with each drawn Gamma site)."""
+
+    def precisions(y):
+        taus = [numpyro.sample(f"tau{k}", dist.Gamma(2.0, 1.0)) for k in range(5)]
+        mu = numpyro.sample("mu", dist.Normal(0.0, 3.0))
+        for k, tau in enumerate(taus):
+            numpyro.sample(f"y{k}", dist.Normal(mu, 1 / jnp.sqrt(tau)), obs=y[k])
+
+    y = jnp.ones((5, 20), jnp.float32) * jnp.arange(1, 21, dtype=jnp.float32) / 10
+    guide = vingd.AutoExpFamily(precisions)
+    params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), guide.init_params(y))
+    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(params))
+    assert all(vingd.conjugate_sites(precisions, guide, params, y).values())
