@@ -40,7 +40,8 @@ Each step, on the guide's family over the flat unconstrained latent vector,
   noise (`window_verdict`) is divergence: the fit stops with a warning and returns the
   previous chunk's average, `converged=False`;
 - minibatches: the model is re-seeded each step, so `numpyro.plate(..., subsample_size=B)` draws
-  a fresh minibatch and scales its log likelihood by N/B: unbiased natural-gradient steps.
+  a fresh minibatch and scales its log likelihood by N/B: unbiased natural-gradient steps (mean
+  field without its Newton mean step there: one minibatch's E_B[∇²f]⁻¹E_B[∇f] is biased).
 
 The chunk runs under `lax.scan` and is compiled once per model, guide type and latent layout
 (`compile_key`), settings and shapes.
