@@ -42,13 +42,13 @@ from vingd.infer import (
     FitConfig,
     FitState,
     _compiled,
-    _key,
     _run_fit,
     _scan_chunk,
     _validate,
 )
 from vingd.optim import StepInfo, damped_step
 from vingd.pytree import merge_arrays, split_arrays
+from vingd.validation import as_rng_key
 
 ESTIMATORS = ("auto", "reparam")
 #: the most atom-grid points per particle that exact continuous sites may add up to
@@ -234,7 +234,7 @@ def fit_exp_family(
             f"got {estimator!r}."
         )
     _check_data(guide, args, kwargs)
-    _, run_key = jax.random.split(_key(rng_key))  # the same split as for the Gaussian guides
+    _, run_key = jax.random.split(as_rng_key(rng_key))  # the same split as for the Gaussian guides
     start = guide.init_params(*args, **kwargs)
     if init_params is not None:
         missing = sorted(set(start) - set(init_params))

@@ -169,11 +169,6 @@ def _validate(num_steps, step_size, num_samples, max_backoffs, momentum, window,
     return int(num_steps), step_size
 
 
-def _key(rng_key):
-    """`rng_key`, an integer seed as `PRNGKey(seed)`, or `PRNGKey(0)` for None."""
-    return as_rng_key(rng_key)
-
-
 def _tree_where(cond, a, b):
     return jax.tree.map(lambda x, y: jnp.where(cond, x, y), a, b)
 
@@ -438,7 +433,7 @@ def fit(
     num_steps, step_size = _validate(
         num_steps, step_size, num_samples, max_backoffs, momentum, window, tol
     )
-    init_key, run_key = jax.random.split(_key(rng_key))
+    init_key, run_key = jax.random.split(as_rng_key(rng_key))
     initial = initial_params(guide, init_key, *args, **kwargs)  # (sets the guide up)
     check_model(model, args, kwargs, type(guide).__name__, guide_latents(guide))
     family = guide.flat_family
