@@ -1,5 +1,7 @@
 """Each estimator of ∇_μ E_q[f], tested directly against quadrature and against exactness."""
 
+from unittest import mock
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,13 +13,14 @@ from numpyro import handlers
 
 import vingd
 from vingd import AutoNaturalNormal
-from vingd.estimators import ESTIMATORS, default_estimator, get_estimator
+from vingd.estimators import ESTIMATORS, default_estimator, get_estimator, works_with
 from vingd.families import DiagonalNormal, MultivariateNormal
 from vingd.guides import flat_view_of
 from vingd.infer import initial_params
 from vingd.log_joint import LogJoint, fisher_terms, num_observations, observation_terms
 
 DIAG, MVN = DiagonalNormal(), MultivariateNormal()
+ALL_GUIDES = (vingd.AutoNaturalNormal, vingd.AutoNaturalMVN, vingd.AutoNaturalLowRankMVN)
 NODES, WEIGHTS = np.polynomial.hermite_e.hermegauss(40)  # ∫ g(x) N(x|0,1) dx ≈ Σ w g(x) / √(2π)
 WEIGHTS = WEIGHTS / np.sqrt(2 * np.pi)
 
@@ -102,6 +105,28 @@ def test_default_estimator_and_bad_names():
     for name in ("hvp", "gradsq", "ggn"):
         with pytest.raises(ValueError, match="diagonal curvature"):
             get_estimator(name)(log_joint, MVN, natural_at(MVN), jax.random.PRNGKey(0), 2)
+
+
+@pytest.mark.parametrize("guide_type", ALL_GUIDES[1:])  # (mean field takes every estimator)
+def test_an_estimator_the_guide_cannot_use_fails_before_compiling(conjugate, guide_type):
+    """One table (`FAMILIES`) says which estimator works with which guide; `fit` checks it
+    before compiling, naming the guides that work (the others are fitted in their own tests)."""
+    args = (conjugate.X, conjugate.y)
+    refused = [name for name in ESTIMATORS if not works_with(name, guide_type.family)]
+    assert refused
+    for name in refused:
+        guide = guide_type(
+            linear_regression, **({"rank": 2} if "LowRank" in guide_type.__name__ else {})
+        )
+        names = [g.__name__ for g in ALL_GUIDES if works_with(name, g.family)]
+        with pytest.raises(
+            ValueError,
+            match=f"does not work with {guide_type.__name__}: use it with {' or '.join(names)}",
+        ):
+            with mock.patch.object(
+                vingd.infer, "_compiled", side_effect=AssertionError("compiled")
+            ):
+                vingd.fit(linear_regression, *args, guide=guide, estimator=name, num_steps=2)
 
 
 def test_gradsq_is_the_expected_per_observation_gauss_newton(conjugate):

@@ -14,7 +14,7 @@ import jax
 import vingd_models
 from vingd import diagnostics, plots
 from vingd.compare import GUIDES, WITHIN, compare, default_methods, step_seconds
-from vingd.estimators import ESTIMATORS
+from vingd.estimators import ESTIMATORS, works_with
 from vingd.infer import fit
 
 
@@ -42,17 +42,9 @@ def cmd_models(_args) -> None:
         print(f"{example.name:{width}s}  {example.description}")
 
 
-#: estimator -> the --guide choices it works with (the others: every guide)
-ESTIMATOR_GUIDES = {
-    "hvp": ("meanfield",),
-    "gradsq": ("meanfield", "lowrank"),
-    "ggn": ("meanfield", "lowrank"),
-    "reparam": ("mvn", "meanfield"),
-}
-
-
 def cmd_fit(args) -> None:
-    fits = ESTIMATOR_GUIDES.get(args.estimator, (args.guide,))
+    # (before any work: `fit` would find it only after loading the data)
+    fits = [g for g, cls in GUIDES["vingd"].items() if works_with(args.estimator, cls.family)]
     if args.guide not in fits:
         raise UsageError(
             f"--estimator {args.estimator} does not work with --guide {args.guide}; use "

@@ -95,7 +95,7 @@ class Method:
             if self.step_size is not None:
                 validate_step_size(self.step_size)
             if self.estimator is not None:
-                get_estimator(self.estimator)
+                get_estimator(self.estimator, GUIDES["vingd"][self.family].family)
             return
         if not is_real(self.step_size) or not self.step_size > 0:
             raise ValueError(

@@ -157,10 +157,7 @@ def _newton_or_saddle_free(curvature, grad):
 
 def hutchinson_hvp(log_joint, family, natural, rng_key, num_samples: int = 8) -> Estimate:
     """Diagonal curvature E[v ∘ ∇²f v] from one Hessian–vector product per draw: O(d) memory."""
-    if not _diagonal(family):
-        raise ValueError(
-            'The "hvp" estimator gives a diagonal curvature: use it with AutoNaturalNormal.'
-        )
+    check_family("hvp", family)
     draw_key, probe_key = jax.random.split(rng_key)
     z = antithetic_draws(draw_key, family, natural, num_samples)
     probes = jax.random.rademacher(probe_key, z.shape, z.dtype)
@@ -225,11 +222,7 @@ def _stein_low_rank(log_joint, family, natural, z, grads, rng_key) -> LowRankCur
 
 def reparam(log_joint, family, natural, rng_key, num_samples: int = 8) -> Estimate:
     """Autodiff of the reparameterised E_q[f] with respect to μ (first order; the noisiest)."""
-    if isinstance(family, LowRankNormal):
-        raise ValueError(
-            'The "reparam" estimator needs mean parameters, which AutoNaturalLowRankMVN has not: '
-            'use "stein", "gradsq" or "hessian".'
-        )
+    check_family("reparam", family)
 
     def expected(mean):
         z = antithetic_draws(rng_key, family, family.mean_to_natural(mean), num_samples)
@@ -256,13 +249,9 @@ def squared_gradients(
     generalised Gauss–Newton, the model's own Fisher (`LogJoint.split`). `log_joint` must be a
     `vingd.log_joint.LogJoint`.
     """
+    check_family("ggn" if fisher else "gradsq", family)
     if isinstance(family, LowRankNormal):
         return _squared_gradients_low_rank(log_joint, family, natural, rng_key, num_samples, fisher)
-    if not _diagonal(family):
-        raise ValueError(
-            f'The "{"ggn" if fisher else "gradsq"}" estimator gives a diagonal curvature: use it '
-            "with AutoNaturalNormal or AutoNaturalLowRankMVN."
-        )
     draw_key, sign_key, probe_key = jax.random.split(rng_key, 3)
     z = antithetic_draws(draw_key, family, natural, num_samples)
     sign_keys = jax.random.split(sign_key, num_samples)
@@ -328,9 +317,48 @@ def default_estimator(family, dim: int, num_observations: int = 0) -> str:
     return "hessian" if dim <= 200 else "stein"
 
 
-def get_estimator(name: str):
-    """The estimator called `name`, or a `ValueError` listing the choices."""
+_EVERY_GAUSSIAN = (DiagonalNormal, MultivariateNormal, LowRankNormal)
+_DIAGONAL_CURVATURE = ((DiagonalNormal, LowRankNormal), "gives a diagonal curvature")
+#: estimator -> (the families it works with, why not the others)
+FAMILIES = {
+    "hessian": (_EVERY_GAUSSIAN, ""),
+    "hvp": ((DiagonalNormal,), "gives a diagonal curvature"),
+    "stein": (_EVERY_GAUSSIAN, ""),
+    "gradsq": _DIAGONAL_CURVATURE,
+    "ggn": _DIAGONAL_CURVATURE,
+    "reparam": ((DiagonalNormal, MultivariateNormal), "needs mean parameters"),
+}
+#: the guide that holds each family
+GUIDE_OF = {
+    DiagonalNormal: "AutoNaturalNormal",
+    MultivariateNormal: "AutoNaturalMVN",
+    LowRankNormal: "AutoNaturalLowRankMVN",
+}
+
+
+def works_with(name: str | None, family) -> bool:
+    """Whether the estimator called `name` (None: the default) works with `family`."""
+    return name is None or isinstance(family, FAMILIES[name][0])
+
+
+def check_family(name: str, family) -> None:
+    """A `ValueError` naming the guides the estimator works with, where `family` is not one."""
+    _diagonal(family)  # (a TypeError for a family that is no Gaussian)
+    families, why = FAMILIES[name]
+    if not works_with(name, family):
+        raise ValueError(
+            f'The "{name}" estimator {why}, so it does not work with {GUIDE_OF[type(family)]}: '
+            "use it with " + " or ".join(GUIDE_OF[f] for f in families) + "."
+        )
+
+
+def get_estimator(name: str, family=None):
+    """The estimator called `name` (a `ValueError` listing the choices), checked against
+    `family` where given (`check_family`), so that a fit fails before it compiles."""
     try:
-        return ESTIMATORS[name]
+        estimator = ESTIMATORS[name]
     except (KeyError, TypeError):
         raise ValueError(f"estimator must be one of {sorted(ESTIMATORS)}, got {name!r}.") from None
+    if family is not None:
+        check_family(name, family)
+    return estimator

@@ -475,7 +475,7 @@ def fit(
     dim = sum(int(np.size(loc)) for loc in guide._init_locs.values())
     if estimator is None:
         estimator = default_estimator(family, dim, num_observations(model, args, kwargs))
-    get_estimator(estimator)  # validates the name
+    get_estimator(estimator, family)  # the name, and that it works with the guide
 
     rho0 = guide.default_step_size if step_size is None else 1.0
     minibatches = subsamples(model, args, kwargs)
