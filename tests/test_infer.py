@@ -148,6 +148,23 @@ def test_non_finite_steps_are_rejected_and_params_stay_valid(rng_key):
     assert bool(guide.family.is_valid(result.params["z_auto_natural"]))
 
 
+def nan_gradient(x=None):
+    z = numpyro.sample("z", dist.Normal(0.0, 1.0))
+    # log density 0, with a NaN gradient (the unselected branch's sqrt of −1) but at z = 0
+    unselected = jnp.sqrt(jnp.where(z == 0.0, 1.0, -(z**2) - 1.0))
+    numpyro.factor("f", jnp.where(z < 1e9, 0.0, unselected))
+
+
+def test_a_fit_whose_steps_are_all_rejected_is_not_converged(rng_key):
+    """Finite ELBO estimates but no valid step: the loss is flat, which the window verdict
+    alone reads as settled; most of the last window rejected is a stall, and says so."""
+    guide = vingd.AutoNaturalNormal(nan_gradient, init_loc_fn=init_to_value(values={"z": 0.0}))
+    with pytest.warns(RuntimeWarning, match="50 of the last 50 steps were rejected"):
+        result = vingd.fit(nan_gradient, guide=guide, num_steps=50, window=50, tol=None)
+    assert np.all(np.isfinite(result.losses)) and result.num_rejected == 50
+    assert not result.converged
+
+
 def minibatch_regression(X, y=None, batch_size=None):
     w = numpyro.sample("w", dist.Normal(0.0, 1.0).expand([X.shape[1]]).to_event(1))
     b = numpyro.sample("b", dist.Normal(0.0, 2.0))

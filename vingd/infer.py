@@ -587,12 +587,22 @@ def _run_fit(
             RuntimeWarning,
             stacklevel=3,
         )
+    stalled = int(np.sum(chunks[-1].info.num_rejected > 0))
+    if 2 * stalled > chunks[-1].loss.size and not nonfinite:  # (else: said above)
+        warnings.warn(
+            f"vingd.fit: {stalled} of the last {chunks[-1].loss.size} steps were rejected (no "
+            "halving of ρ kept the parameters valid), so the fit stalled rather than converged; "
+            "it is not reported converged. Try a smaller step_size, more num_samples or another "
+            "estimator.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
     return FitResult(
         params=unflatten(natural),
         losses=stats.loss,
         step_sizes=stats.step_size,
         num_steps=int(state.count),
-        converged=verdict == "settled" and not nonfinite,
+        converged=verdict == "settled" and not nonfinite and 2 * stalled <= chunks[-1].loss.size,
         averaged=averaged,
         num_declined=int((~stats.accepted).sum()),
         num_corrected=int(stats.info.num_corrected.sum()),

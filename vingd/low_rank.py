@@ -148,12 +148,18 @@ class LowRankNormal(Stateless):
         return LowRankNormalParams(loc, factor, diag)
 
     def ngd_step(self, params, curvature, step_size, max_backoffs: int = 10):
-        """SLANG's step at ρ·2⁻ᵏ for the least k ≤ `max_backoffs` that keeps D > 0, else θ.
+        """SLANG's step at ρ·2⁻ᵏ for the least k ≤ `max_backoffs` that keeps D valid; else the
+        mean's step alone, m + ρΛ⁻¹E[∇f] at the current precision (counted as corrected), or θ.
 
-        With indefinite curvature (noisy Stein estimates, non-convex f) D' can lose positivity;
-        such a step is halved, as `optim.damped_step` does, and never applied: ρ → 0 gives
-        D' → D > 0, so some halving is valid unless the step is not finite. (Clipping D' instead
-        would break diag(Λ') = diag(Λ_full) and hide the indefiniteness from the ELBO check.)
+        With indefinite curvature (exact or Stein Hessians of a non-convex f) the dropped part
+        of the projection has negative diagonal and D' can lose positivity; such a step is
+        halved, as `optim.damped_step` does, and never applied. Near D's floor (`is_valid`) no
+        halving helps, and with the empirical Fisher far from the optimum UUᵀ can outgrow D by
+        more than the floor allows; rejecting the whole step there froze the mean too (a user's
+        regression: ELBO −279 where full covariance reaches −63, reported converged). The mean
+        step at the old precision keeps moving toward where the curvature is concave and
+        smaller, and the precision steps become valid again. (Clipping D' instead would break
+        diag(Λ') = diag(Λ_full) and hide the indefiniteness from the ELBO check.)
         """
         q, r = jnp.linalg.qr(jnp.concatenate([params.factor, curvature.basis], 1))
 
@@ -167,9 +173,17 @@ class LowRankNormal(Stateless):
 
         start = (jnp.asarray(-1), params, jnp.asarray(False))
         k, new, accepted = jax.lax.while_loop(searching, attempt, start)
-        new = jax.tree.map(lambda a, b: jnp.where(accepted, a, b), new, params)
-        zero = jnp.zeros((), jnp.int32)
-        return new, StepInfo(zero, jnp.clip(k, 0, max_backoffs), (~accepted).astype(jnp.int32))
+        mean_only = params._replace(loc=params.loc + step_size * self.solve(params, curvature.grad))
+        moved = ~accepted & jnp.all(jnp.isfinite(mean_only.loc))
+        new = jax.tree.map(
+            lambda a, b, c: jnp.where(accepted, a, jnp.where(moved, b, c)), new, mean_only, params
+        )
+        info = StepInfo(
+            moved.astype(jnp.int32),
+            jnp.clip(k, 0, max_backoffs),
+            (~accepted & ~moved).astype(jnp.int32),
+        )
+        return new, info
 
     def average(self, stacked, weights):
         """Polyak average: mean Σwₜmₜ and the precision Σwₜ Λₜ projected as in the step.
