@@ -77,6 +77,22 @@ def test_each_support_gets_its_family_and_the_rest_a_gaussian_once():
     assert np.allclose(draws["w"].sum(-1), 1) and set(np.unique(draws["k"])) <= {0, 1, 2}
 
 
+def with_deterministic(y):
+    mu = numpyro.sample("mu", dist.Normal(0.0, 3.0))
+    numpyro.deterministic("twice", 2 * mu)
+    with numpyro.plate("data", y.shape[0]):
+        numpyro.sample("y", dist.Normal(mu, 1.0), obs=y)
+
+
+def test_sample_posterior_gives_deterministic_sites_as_numpyros_guides_do():
+    y = jnp.array([0.5, 1.2, 0.1])
+    guide = vingd.AutoExpFamily(with_deterministic)
+    params = guide.init_params(y)
+    draws = guide.sample_posterior(jax.random.PRNGKey(0), params, y, sample_shape=(5,))
+    assert set(draws) == {"mu", "twice"}  # as numpyro's AutoNormal
+    np.testing.assert_allclose(draws["twice"], 2 * draws["mu"], rtol=1e-6)
+
+
 def test_overrides_choose_families_and_mismatches_are_refused():
     with pytest.warns(UserWarning):
         guide = built(every_support, 1.0, families={"sigma": "lognormal", "p": "normal"})

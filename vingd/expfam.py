@@ -37,10 +37,12 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import numpyro
 import numpyro.distributions as dist
 from numpyro import handlers
 from numpyro.distributions import constraints
+from numpyro.infer import Predictive
 from numpyro.infer.autoguide import AutoGuide
 from numpyro.infer.initialization import init_to_median
 
@@ -208,6 +210,27 @@ class AutoExpFamily(AutoGuide):
         self.sites: dict[str, Site] = {}
         super().__init__(model, prefix=prefix, init_loc_fn=init_loc_fn)
 
+    @property
+    def compile_key(self):
+        """What `fit`'s compiled programs depend on (not the initial values): the class, the
+        model, the discrete settings, and each site's family, parameter, plates, shapes and
+        support (which fixes the map to the model's space), so that a new guide for the same
+        model reuses them, as the Gaussian guides' do."""
+        layout = tuple(
+            (
+                name,
+                type(site.family),
+                site.param,
+                site.frames,
+                site.event_dim,
+                str(site.dtype),
+                repr(self.prototype_trace[name]["fn"].support),
+                tuple(np.shape(x) for x in jax.tree.leaves(site.init)),
+            )
+            for name, site in self.sites.items()
+        )
+        return type(self), self.model, self.discrete, self.max_support, layout
+
     # -- set-up ------------------------------------------------------------------------------
     def _setup_prototype(self, *args, **kwargs):
         seeded = handlers.seed(self.model, rng_seed=0)
@@ -352,11 +375,20 @@ class AutoExpFamily(AutoGuide):
         return {name: params[site.param] for name, site in self.sites.items()}
 
     def sample_posterior(self, rng_key, params, *args, sample_shape=(), **kwargs):
-        keys = jax.random.split(rng_key, len(self.sites))
-        return {
+        """Draws of every latent site, and of the model's deterministic sites given them (as
+        numpyro's `AutoNormal` returns them)."""
+        keys = jax.random.split(rng_key, len(self.sites) + 1)
+        latents = {
             name: site.value(site.family.sample(key, params[site.param], tuple(sample_shape)))
-            for key, (name, site) in zip(keys, self.sites.items(), strict=True)
+            for key, (name, site) in zip(keys, self.sites.items(), strict=False)
         }
+        deterministic = [n for n, s in self.prototype_trace.items() if s["type"] == "deterministic"]
+        if not deterministic:
+            return latents
+        predictive = Predictive(
+            self.model, latents, return_sites=deterministic, batch_ndims=len(sample_shape)
+        )
+        return {**latents, **predictive(keys[-1], *args, **kwargs)}
 
     def median(self, params):
         """Elementwise posterior medians; the mean for a Dirichlet (a point of the simplex)."""

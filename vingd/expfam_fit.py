@@ -38,6 +38,7 @@ import numpy as np
 from vingd.conjugate import is_affine
 from vingd.expectation import MAX_GRID, particles, site_modes, surrogate
 from vingd.families import Categorical
+from vingd.guides import guide_latents
 from vingd.infer import (
     FitConfig,
     FitState,
@@ -48,7 +49,7 @@ from vingd.infer import (
 )
 from vingd.optim import StepInfo, damped_step
 from vingd.pytree import merge_arrays, split_arrays
-from vingd.validation import as_rng_key
+from vingd.validation import as_rng_key, check_latents
 
 ESTIMATORS = ("auto", "reparam")
 #: the most atom-grid points per particle that exact continuous sites may add up to
@@ -190,6 +191,8 @@ def _check_data(guide, args, kwargs):
         guide.prototype_trace = None
         guide.init_params(*args, **kwargs)
         return
+    # (first: its data checks hold the discrete latents at their set-up values, of those shapes)
+    check_latents(guide.model, args, kwargs, "AutoExpFamily", guide_latents(guide))
     latents = {
         name: site
         for name, site in guide.prototype_trace.items()

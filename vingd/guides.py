@@ -30,7 +30,13 @@ from vingd.families import DiagonalNormal, MultivariateNormal
 from vingd.initialization import init_to_median
 from vingd.low_rank import LowRankNormal, LowRankNormalParams
 from vingd.prototype import CompiledPrototype
-from vingd.validation import check_model, explained_invalid_parameters, is_integer, is_real
+from vingd.validation import (
+    check_latents,
+    check_model,
+    explained_invalid_parameters,
+    is_integer,
+    is_real,
+)
 
 
 def _host(x):
@@ -372,8 +378,10 @@ def check_params(model, guide, params, args, kwargs) -> None:
             f"params lack {type(guide).__name__}'s parameter(s) {missing}; got keys "
             f"{sorted(params)}. Pass the params of a fit with this guide type (another guide's?)."
         )
-    if isinstance(guide, _FlatView):  # (AutoExpFamily's discrete latents: its own checks)
+    if isinstance(guide, _FlatView):
         check_model(model, args, kwargs, type(guide).__name__, guide_latents(guide))
+    else:  # (AutoExpFamily: discrete latents too, which check_model refuses)
+        check_latents(model, args, kwargs, type(guide).__name__, guide_latents(guide))
 
 
 def flat_view_of(guide, user: str = "vingd.fit"):

@@ -174,17 +174,25 @@ def _check_trace(trace, guide_name: str, guide_latents=None) -> None:
                 "vingd.AutoExpFamily(model), which gives discrete sites Bernoulli or Categorical "
                 "families, or marginalise it out in the model (numpyro.contrib.funsor)."
             )
-    latents = {
-        name: np.shape(site["value"])
-        for name, site in trace.items()
-        if site["type"] == "sample" and not site["is_observed"]
-    }
-    if not latents:
+    if not _latent_shapes(trace):
         raise ValueError(
             f"The model has no latent sample sites, so there is nothing for {guide_name} to fit. "
             "Check that the data are passed as `obs=` only where intended."
         )
-    if guide_latents is not None and latents != dict(guide_latents):
+    if guide_latents is not None:
+        _compare_latents(_latent_shapes(trace), guide_latents, guide_name)
+
+
+def _latent_shapes(trace) -> dict:
+    return {
+        name: np.shape(site["value"])
+        for name, site in trace.items()
+        if site["type"] == "sample" and not site["is_observed"]
+    }
+
+
+def _compare_latents(latents, guide_latents, guide_name: str) -> None:
+    if latents != dict(guide_latents):
         extra = sorted(set(latents) - set(guide_latents))
         hint = f" Is {extra} an observation whose data were not passed?" if extra else ""
         raise ValueError(
@@ -192,3 +200,10 @@ def _check_trace(trace, guide_name: str, guide_latents=None) -> None:
             f"model run with these arguments has {latents}.{hint} Pass the data the guide was "
             f"built with, or build the guide from this model: {guide_name}(model)."
         )
+
+
+def check_latents(model, args, kwargs, guide_name: str, guide_latents) -> None:
+    """`ValueError` unless `model(*args, **kwargs)` has the latent sites and shapes
+    `guide_latents` (site -> shape, from a guide's set-up), discrete ones included."""
+    latents = inspect_model(model, args, kwargs, _latent_shapes)
+    _compare_latents(latents, guide_latents, guide_name)
