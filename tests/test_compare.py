@@ -113,6 +113,11 @@ def test_tidy_outputs(comparison):
     assert len(lines) == 2 + 3 and "sd ratio" in lines[0]
     assert lines[2].startswith(f"| {EXACT} |")  # best first
     assert lines[-1].startswith(f"| {SHORT_ADAM} |") and "| — |" in lines[-1]
+    # a program compiled by an earlier run in the process is said to be cached, not 0.00 s
+    cached = Comparison(
+        tuple(dataclasses.replace(r, compile_seconds=0.0) for r in comparison.results)
+    )
+    assert all("| cached |" in line for line in cached.to_markdown().splitlines()[2:])
 
 
 def test_plots(comparison, tmp_path):
