@@ -587,13 +587,17 @@ def _run_fit(
             RuntimeWarning,
             stacklevel=3,
         )
-    stalled = int(np.sum(chunks[-1].info.num_rejected > 0))
-    if 2 * stalled > chunks[-1].loss.size and not nonfinite:  # (else: said above)
+    # steps not taken: declined by the ELBO check, or rejected (no valid halving). A window of
+    # mostly those has a flat loss, which the verdict alone reads as settled.
+    last = chunks[-1]
+    stalled = int(np.sum(~last.accepted | (last.info.num_rejected > 0)))
+    if 2 * stalled > last.loss.size and not nonfinite:  # (else: said above)
         warnings.warn(
-            f"vingd.fit: {stalled} of the last {chunks[-1].loss.size} steps were rejected (no "
-            "halving of ρ kept the parameters valid), so the fit stalled rather than converged; "
-            "it is not reported converged. Try a smaller step_size, more num_samples or another "
-            "estimator.",
+            f"vingd.fit: {stalled} of the last {last.loss.size} steps were declined by the ELBO "
+            "check or rejected (no halving of ρ kept the parameters valid), so the fit stalled "
+            f"(ρ = {float(last.step_size[-1]):.2g}) rather than converged; it is not reported "
+            "converged. Try another rng_key, init_params nearer the posterior, a fixed "
+            "step_size, or another estimator.",
             RuntimeWarning,
             stacklevel=3,
         )
@@ -602,7 +606,7 @@ def _run_fit(
         losses=stats.loss,
         step_sizes=stats.step_size,
         num_steps=int(state.count),
-        converged=verdict == "settled" and not nonfinite and 2 * stalled <= chunks[-1].loss.size,
+        converged=verdict == "settled" and not nonfinite and 2 * stalled <= last.loss.size,
         averaged=averaged,
         num_declined=int((~stats.accepted).sum()),
         num_corrected=int(stats.info.num_corrected.sum()),
