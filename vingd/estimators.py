@@ -59,9 +59,30 @@ def validate_num_samples(num_samples) -> None:
         )
 
 
+def bit_generator_key(key):
+    """`key` as a key of XLA's bit generator (`impl="rbg"`, seeded as `jax.random.key(seed,
+    impl="rbg")` seeds it: the threefry key twice): its bits come from `RngBitGenerator`
+    (Philox), and its splits and folds are still threefry's.
+
+    On CPU a threefry draw of a step's noise is a rolled loop that XLA compiles into a kernel of
+    its own, 0.15–0.35 s each; eight schools' fit program has three (the estimator's draws and
+    the ELBO check's two). Only these Gaussian draws use it: the Rademacher signs and probes of
+    "ggn", "gradsq" and "hvp" stay threefry, whose small per-draw calls ran slower through it
+    (the 2,049-weight BNN's step with one antithetic pair: 2.3–2.8× Adam's, against 1.8–2.0×).
+    """
+    data = jax.random.key_data(key)
+    if data.shape[-1] == 2:  # threefry
+        data = jnp.concatenate([data, data])
+    elif data.shape[-1] != 4:  # (an "rbg" key already has 4 words)
+        data = jax.random.bits(key, (4,), jnp.uint32)
+    return jax.random.wrap_key_data(data, impl="rbg")
+
+
 def antithetic_draws(rng_key, family, natural, num_samples: int):
     """`num_samples` draws from q as pairs m ± (z − m), or one plain draw for `num_samples` = 1
-    (the single-sample step of VOGN and IVON); the same key gives the same noise."""
+    (the single-sample step of VOGN and IVON); the same key gives the same noise (from XLA's
+    bit generator, `bit_generator_key`)."""
+    rng_key = bit_generator_key(rng_key)
     if num_samples == 1:
         return family.sample(rng_key, natural, (1,))
     loc = family.loc(natural)

@@ -223,22 +223,6 @@ def _run_chunk(state, arrays, cap, *, model, guide, config, static):
     )
 
 
-def _bit_generator_key(key):
-    """`key` as a key of XLA's bit generator (`impl="rbg"`, seeded as `jax.random.key(seed,
-    impl="rbg")` seeds it: the threefry key twice), for the draws inside a step.
-
-    Splits and folds stay threefry, the bits come from XLA's `RngBitGenerator` (Philox). On CPU
-    a threefry draw of one step's noise is a rolled loop that XLA compiles into a kernel of its
-    own, 0.15–0.35 s each; eight schools' step has three (estimator, and the ELBO check's two).
-    """
-    data = jax.random.key_data(key)
-    if data.shape[-1] == 2:  # threefry
-        data = jnp.concatenate([data, data])
-    elif data.shape[-1] != 4:  # (an "rbg" key already has 4 words)
-        data = jax.random.bits(key, (4,), jnp.uint32)
-    return jax.random.wrap_key_data(data, impl="rbg")
-
-
 def _scan_chunk(propose, state, cap, config, is_valid, average=None):
     """`config.chunk` steps under `lax.scan`; steps at or past `cap` leave the state alone.
 
@@ -259,7 +243,6 @@ def _scan_chunk(propose, state, cap, config, is_valid, average=None):
 
     def step(state, _):
         key, draw_key, model_key = jax.random.split(state.rng_key, 3)
-        draw_key = _bit_generator_key(draw_key)
         natural = state.natural
         rho = state.step_size if adaptive else schedule(state.count)
         before, new, info, recheck = propose(natural, state.velocity, rho, draw_key, model_key)
