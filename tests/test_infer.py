@@ -160,8 +160,8 @@ def test_a_fit_whose_steps_are_all_rejected_is_not_converged(rng_key):
     alone reads as settled; most of the last window rejected is a stall, and says so."""
     guide = vingd.AutoNaturalNormal(nan_gradient, init_loc_fn=init_to_value(values={"z": 0.0}))
     with pytest.warns(RuntimeWarning, match="50 of the last 50 steps were declined .* or rejected"):
-        result = vingd.fit(nan_gradient, guide=guide, num_steps=50, window=50, tol=None)
-    assert np.all(np.isfinite(result.losses)) and result.num_rejected == 50
+        result = vingd.fit(nan_gradient, guide=guide, num_steps=100, window=50)
+    assert np.all(np.isfinite(result.losses)) and result.num_rejected == 100
     assert not result.converged
 
 

@@ -572,11 +572,13 @@ def _run_fit(
         )
     # steps not taken: declined by the ELBO check, or rejected (no valid halving). A window of
     # mostly those has a flat loss, which the verdict alone reads as settled.
+    # (only a settled verdict can be misread so: the others are not converged anyway)
     last = chunks[-1]
-    stalled = int(np.sum(~last.accepted | (last.info.num_rejected > 0)))
-    if 2 * stalled > last.loss.size and not nonfinite:  # (else: said above)
+    not_taken = int(np.sum(~last.accepted | (last.info.num_rejected > 0)))
+    stalled = verdict == "settled" and 2 * not_taken > last.loss.size
+    if stalled and not nonfinite:  # (else: said above)
         warnings.warn(
-            f"vingd.fit: {stalled} of the last {last.loss.size} steps were declined by the ELBO "
+            f"vingd.fit: {not_taken} of the last {last.loss.size} steps were declined by the ELBO "
             "check or rejected (no halving of ρ kept the parameters valid), so the fit stalled "
             f"(ρ = {float(last.step_size[-1]):.2g}) rather than converged; it is not reported "
             "converged. Try another rng_key, init_params nearer the posterior, a fixed "
@@ -589,7 +591,7 @@ def _run_fit(
         losses=stats.loss,
         step_sizes=stats.step_size,
         num_steps=int(state.count),
-        converged=verdict == "settled" and not nonfinite and 2 * stalled <= last.loss.size,
+        converged=verdict == "settled" and not nonfinite and not stalled,
         averaged=averaged,
         num_declined=int((~stats.accepted).sum()),
         num_corrected=int(stats.info.num_corrected.sum()),
