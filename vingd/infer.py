@@ -571,8 +571,8 @@ def _run_fit(
             stacklevel=3,
         )
     # steps not taken: declined by the ELBO check, or rejected (no valid halving). A window of
-    # mostly those has a flat loss, which the verdict alone reads as settled.
-    # (only a settled verdict can be misread so: the others are not converged anyway)
+    # mostly those has a flat loss, which the verdict reads as settled (the only verdict it can
+    # be mistaken for: the others are not converged anyway).
     last = chunks[-1]
     not_taken = int(np.sum(~last.accepted | (last.info.num_rejected > 0)))
     stalled = verdict == "settled" and 2 * not_taken > last.loss.size

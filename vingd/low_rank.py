@@ -173,11 +173,13 @@ class LowRankNormal(Stateless):
 
         start = (jnp.asarray(-1), params, jnp.asarray(False))
         k, new, accepted = jax.lax.while_loop(searching, attempt, start)
-        mean_only = params._replace(loc=params.loc + step_size * self.solve(params, curvature.grad))
-        moved = ~accepted & jnp.all(jnp.isfinite(mean_only.loc))
-        new = jax.tree.map(
-            lambda a, b, c: jnp.where(accepted, a, jnp.where(moved, b, c)), new, mean_only, params
-        )
+
+        def mean_step():  # (a solve of its own: only where no halving was valid)
+            loc = params.loc + step_size * self.solve(params, curvature.grad)
+            finite = jnp.all(jnp.isfinite(loc))
+            return params._replace(loc=jnp.where(finite, loc, params.loc)), finite
+
+        new, moved = jax.lax.cond(accepted, lambda: (new, jnp.asarray(False)), mean_step)
         info = StepInfo(
             moved.astype(jnp.int32),
             jnp.clip(k, 0, max_backoffs),

@@ -174,13 +174,14 @@ def _check_trace(trace, guide_name: str, guide_latents=None) -> None:
                 "vingd.AutoExpFamily(model), which gives discrete sites Bernoulli or Categorical "
                 "families, or marginalise it out in the model (numpyro.contrib.funsor)."
             )
-    if not _latent_shapes(trace):
+    latents = _latent_shapes(trace)
+    if not latents:
         raise ValueError(
             f"The model has no latent sample sites, so there is nothing for {guide_name} to fit. "
             "Check that the data are passed as `obs=` only where intended."
         )
     if guide_latents is not None:
-        _compare_latents(_latent_shapes(trace), guide_latents, guide_name)
+        _compare_latents(latents, guide_latents, guide_name)
 
 
 def _latent_shapes(trace) -> dict:
