@@ -262,14 +262,41 @@ def test_single_draw_fit_reaches_the_mean_field_optimum(conjugate, rng_key):
 def test_newton_step_is_saddle_free_where_the_curvature_is_indefinite():
     """A Newton solve where −E[∇²f] is positive definite; else |·| of its eigenvalues: an
     ascent direction (gᵀd > 0) with the same fixed point (d = 0 exactly where g = 0)."""
-    from vingd.estimators import _newton_or_saddle_free
+    from vingd.estimators import newton_or_saddle_free
 
     grad = jnp.array([1.0, -2.0, 0.5])
     pd = jnp.array([[4.0, 1.0, 0.0], [1.0, 3.0, 0.5], [0.0, 0.5, 2.0]])
-    np.testing.assert_allclose(_newton_or_saddle_free(pd, grad), np.linalg.solve(pd, grad))
+    np.testing.assert_allclose(newton_or_saddle_free(pd, grad), np.linalg.solve(pd, grad))
     values, vectors = np.linalg.eigh(pd)
     indefinite = vectors @ np.diag(values * np.array([-1.0, 1.0, 1.0])) @ vectors.T
-    step = _newton_or_saddle_free(jnp.asarray(indefinite), grad)
+    step = newton_or_saddle_free(jnp.asarray(indefinite), grad)
     np.testing.assert_allclose(step, np.linalg.solve(pd, grad), rtol=1e-10)  # |indefinite| = pd
     assert float(grad @ step) > 0 and float(grad @ np.linalg.solve(indefinite, grad)) < 0
-    np.testing.assert_array_equal(_newton_or_saddle_free(jnp.asarray(indefinite), 0 * grad), 0)
+    np.testing.assert_array_equal(newton_or_saddle_free(jnp.asarray(indefinite), 0 * grad), 0)
+
+
+def test_damped_newton_blends_newton_and_the_natural_gradient():
+    """τ = 1: Newton's step; τ → 0: the natural gradient Λ⁻¹g of a mean-field q; between: the
+    solve with (1 − τ) diag(Λ) + τ C, which is positive definite (a plain solve) even where a
+    mildly indefinite C alone would need the saddle-free step."""
+    from vingd.estimators import damped_newton
+
+    grad = jnp.array([1.0, -2.0, 0.5])
+    curvature = jnp.array([[4.0, 1.0, 0.0], [1.0, 3.0, 0.5], [0.0, 0.5, 2.0]])
+    precision = jnp.array([10.0, 20.0, 5.0])
+    np.testing.assert_allclose(
+        damped_newton(curvature, grad, precision, 1.0), np.linalg.solve(curvature, grad), rtol=1e-6
+    )
+    np.testing.assert_allclose(
+        damped_newton(curvature, grad, precision, 1e-6), grad / precision, rtol=1e-4
+    )
+    blend = 0.7 * np.diag(precision) + 0.3 * curvature
+    np.testing.assert_allclose(
+        damped_newton(curvature, grad, precision, 0.3), np.linalg.solve(blend, grad), rtol=1e-6
+    )
+    indefinite = curvature - 2.5 * jnp.eye(3)  # eigenvalues of mixed sign
+    assert np.linalg.eigvalsh(indefinite).min() < 0
+    blend = 0.5 * np.diag(precision) + 0.5 * indefinite
+    np.testing.assert_allclose(
+        damped_newton(indefinite, grad, precision, 0.5), np.linalg.solve(blend, grad), rtol=1e-5
+    )

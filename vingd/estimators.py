@@ -42,7 +42,8 @@ class Estimate(NamedTuple):
 
     grad_mean: object  # natural-parameter NamedTuple (`LowRankCurvature` for `LowRankNormal`)
     log_joints: jax.Array  # f(z_s), shape (num_samples,)
-    newton_step: jax.Array | None = None  # |E[∇²f]|⁻¹E[∇f] where known (mean-field + Hessian)
+    # (−E[∇²f], E[∇f]) where the full Hessian is known (mean field + exact Hessians)
+    newton: tuple[jax.Array, jax.Array] | None = None
 
     @property
     def expected_log_joint(self) -> jax.Array:
@@ -151,10 +152,18 @@ def price_hessian(log_joint, family, natural, rng_key, num_samples: int = 8) -> 
         return Estimate(diagonal, values)
     # The full Hessian is at hand: also give the Newton step of the ELBO in the mean, whose
     # Hessian is E[∇²f] exactly.
-    return Estimate(diagonal, values, _newton_or_saddle_free(-0.5 * (hess + hess.T), grad))
+    return Estimate(diagonal, values, (-0.5 * (hess + hess.T), grad))
 
 
-def _newton_or_saddle_free(curvature, grad):
+def damped_newton(curvature, grad, precision, trust):
+    """((1 − τ) diag(`precision`) + τ `curvature`)⁻¹ `grad` (saddle-free where that is not
+    positive definite; `trust` τ in (0, 1]): Newton's step at τ = 1, and towards the natural
+    gradient Λ⁻¹∇ of a mean-field q with precision Λ as τ → 0 (Levenberg–Marquardt damping in
+    q's own metric: the mean step of full-covariance NGD, Λ' = (1 − ρ)Λ + ρ E[−∇²f], at ρ = τ)."""
+    return newton_or_saddle_free((1 - trust) * jnp.diag(precision) + trust * curvature, grad)
+
+
+def newton_or_saddle_free(curvature, grad):
     """`curvature`⁻¹ `grad`, or |`curvature`|⁻¹ `grad` (its eigenvalues' absolute values) where
     `curvature` is not positive definite: saddle-free Newton (Dauphin et al. 2014), an ascent
     direction with the same fixed point, E[∇f] = 0.

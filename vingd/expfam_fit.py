@@ -72,7 +72,7 @@ def _run_chunk(state, arrays, cap, *, model, guide, config, static, modes):
     exact = [n for n in guide.sites if modes[n] == "exact"]
     sampled = len(exact) < len(modes)
 
-    def propose(params, velocity, rho, draw_key, _):  # (`particles` seeds the model itself)
+    def propose(params, velocity, rho, _, keys):  # (`particles` seeds the model itself)
         naturals = {names[p]: theta for p, theta in params.items()}
 
         def objective(means, drawn):
@@ -81,7 +81,7 @@ def _run_chunk(state, arrays, cap, *, model, guide, config, static, modes):
                 guide,
                 {**naturals, **drawn},
                 modes,
-                draw_key,
+                keys.draw,
                 config.num_samples,
                 args,
                 kwargs,
@@ -114,12 +114,10 @@ def _run_chunk(state, arrays, cap, *, model, guide, config, static, modes):
         def recheck(new):
             # the ELBO change, from draws common to θ and θ' but independent of the step's own
             # (those would favour a step fitted to their noise, and ρ would never anneal)
-            check_key = jax.random.fold_in(draw_key, 1)
-
             def log_joints_at(params):
                 at = {names[p]: theta for p, theta in params.items()}
                 return particles(
-                    model, guide, at, modes, check_key, config.num_samples, args, kwargs
+                    model, guide, at, modes, keys.check, config.num_samples, args, kwargs
                 ).log_joints
 
             if sampled:  # θ and θ' in one program: the model's evaluation compiled once
