@@ -750,9 +750,11 @@ DIAGNOSTICS = [
         """
         ## Leave-one-out cross-validation
 
-        LOO needs a pointwise log likelihood, which eight schools' single vector observation
-        does not have, so this part fits the breast-cancer logistic regression (569
-        observations). `vingd.to_datatree` stores log p(y, z) and log q(z) per draw in
+        LOO needs a pointwise log likelihood: `vingd.to_datatree` scores each element of an
+        observed site whose likelihood factorises (eight schools' `.to_event(1)` vector counts
+        as eight observations). With only eight schools, though, each one held out moves the
+        posterior a lot, so this part fits the breast-cancer logistic regression (569
+        observations). `vingd.to_datatree` also stores log p(y, z) and log q(z) per draw in
         `sample_stats`, which is what `arviz.loo_approximate_posterior` needs to correct PSIS-LOO
         for draws from q rather than from the posterior (Magnusson et al. 2019). Its pointwise
         k̂ says, per observation, whether the estimate holds. ArviZ's warning about large k̂ is

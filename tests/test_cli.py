@@ -36,7 +36,7 @@ def test_fit_writes_datatree_summary_and_plots(tmp_path, capsys):
     argv = ["fit", TINY, "--num-steps", "5", "--draws", "200", "--out", str(out)]
     assert cli.main(argv) == 0
     printed = capsys.readouterr().out
-    assert "PSIS k̂" in printed and "w[2]" in printed
+    assert "PSIS k̂" in printed and "effective sample size" in printed and "w[2]" in printed
     assert {p.name for p in out.iterdir()} == {
         "posterior.nc",
         "summary.csv",
@@ -48,7 +48,11 @@ def test_fit_writes_datatree_summary_and_plots(tmp_path, capsys):
         tree.children
     )
     assert tree["posterior"].sizes["draw"] == 200 and tree.attrs["model"] == TINY
-    assert (out / "summary.csv").read_text().splitlines()[0].split(",")[1:3] == ["mean", "sd"]
+    assert (out / "summary.csv").read_text().splitlines()[0].split(",")[:3] == [
+        "variable",
+        "mean",
+        "sd",
+    ]
 
 
 def test_compare_writes_a_report(tmp_path, capsys):

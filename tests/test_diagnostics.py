@@ -128,6 +128,7 @@ def test_sample_stats_and_attrs(tree, exact, conjugate):
     assert attrs["elbo"] == pytest.approx(log_evidence(conjugate), abs=1e-6)
     assert attrs["elbo_se"] < 1e-8
     assert attrs["psis_verdict"] == "good"
+    assert attrs["psis_ess"] == pytest.approx(400, rel=1e-4)  # equal weights: every draw
 
 
 def test_arviz_summary_loo_and_forest_run(tree, tmp_path):
@@ -291,4 +292,27 @@ def test_a_factor_is_not_a_log_likelihood(exact, conjugate):
         penalised, guide, fit, conjugate.X, conjugate.y, num_samples=NUM_DRAWS
     )
     assert set(tree["log_likelihood"].data_vars) == {"y"}
+    # nor data: a 0-size "penalty" in observed_data broke arviz's predictive plots
+    assert set(tree["observed_data"].data_vars) == {"y"}
     assert np.isfinite(arviz.loo(tree).elpd)
+
+
+def test_a_vector_observation_is_scored_per_element(exact, conjugate):
+    """An observed `.to_event(1)` site (eight schools' y) had one log likelihood per draw, the
+    sum, so `arviz.loo` saw a single observation; its elements are scored apart now, and their
+    sum is the site's log density."""
+
+    def vector_regression(X, y=None):
+        w = numpyro.sample("w", dist.Normal(0.0, 1.0).expand([X.shape[1]]).to_event(1))
+        b = numpyro.sample("b", dist.Normal(0.0, 2.0))
+        numpyro.sample("y", dist.Normal(X @ w + b, NOISE_SD).to_event(1), obs=y)
+
+    guide, fit = exact
+    args = (conjugate.X, conjugate.y)
+    tree = diagnostics.to_datatree(vector_regression, guide, fit, *args, num_samples=NUM_DRAWS)
+    pointwise = tree["log_likelihood"]["y"]
+    assert pointwise.shape == (1, NUM_DRAWS, conjugate.y.size)
+    # the same draws under the plated model: the per-element terms are the same
+    plated = diagnostics.to_datatree(plated_regression, guide, fit, *args, num_samples=NUM_DRAWS)
+    np.testing.assert_allclose(pointwise, plated["log_likelihood"]["y"], rtol=1e-5)
+    assert arviz.loo(tree).n_data_points == conjugate.y.size

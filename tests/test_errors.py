@@ -178,6 +178,70 @@ def test_guide_of_another_model_is_refused(conjugate):
         vingd.fit(linear_regression, conjugate.X, conjugate.y, guide=vingd.AutoNaturalMVN(other))
 
 
+def test_natural_elbo_refuses_a_guide_of_another_model(conjugate):
+    """The guide set up for `other`, run by SVI on `linear_regression`: the log joint ignored
+    the guide's latent, and the loss fell as q widened (no error, no warning)."""
+
+    def other(X, y=None):
+        a = numpyro.sample("a", dist.Normal(0.0, 1.0))
+        numpyro.sample("y", dist.Normal(a, 1.0).expand([X.shape[0]]).to_event(1), obs=y)
+
+    guide = vingd.AutoNaturalMVN(other)
+    SVI(other, guide, vingd.NGD(0.5), vingd.NaturalELBO()).init(jax_key(), conjugate.X)
+    svi = SVI(linear_regression, guide, vingd.NGD(0.5), vingd.NaturalELBO())
+    with pytest.raises(ValueError, match=r"guide was built for a model with latent sites \{'a'"):
+        svi.run(jax_key(), 2, conjugate.X, conjugate.y, progress_bar=False)
+
+
+@GUIDES
+def test_params_of_other_latent_shapes_are_refused(conjugate, guide_class):
+    """Params of the same guide type from data with another latent dimension failed deep in JAX
+    (a ravel size mismatch, a bare AssertionError)."""
+    fit = vingd.fit(
+        linear_regression, conjugate.X, conjugate.y, guide=guide_class(linear_regression)
+    )
+    X = conjugate.X[:, :2]
+    with pytest.raises(
+        ValueError, match=r"has shapes \[\((3|4),\).* has \[\((2|3),\).*no init_params"
+    ):
+        vingd.fit(
+            linear_regression, X, conjugate.y, guide=guide_class(linear_regression),
+            init_params=fit.params,
+        )  # fmt: skip
+    with pytest.raises(ValueError, match="has shapes"):
+        vingd.elbo(linear_regression, guide_class(linear_regression), fit.params, X, conjugate.y)
+
+
+@pytest.mark.parametrize("schedule", [lambda t: 5.0, lambda t: 0.5 - t / 10, lambda t: jnp.nan])
+def test_step_size_schedules_outside_zero_one_are_refused(conjugate, schedule):
+    """A schedule's ρ_t > 1 overshot and one < 0 stepped backwards, silently or with a warning
+    that blamed the model; the schedule is now evaluated ahead and the first bad step named."""
+    args = (conjugate.X, conjugate.y)
+    guide = vingd.AutoNaturalMVN(linear_regression)
+    with pytest.raises(ValueError, match=r"schedule gives ρ = .* at step \d+"):
+        vingd.fit(linear_regression, *args, guide=guide, step_size=schedule, num_steps=50)
+    with pytest.raises(ValueError, match=r"schedule gives ρ"):
+        vingd.NGD(schedule)
+    # annealed to 0 at its end: no step there, not a wrong one
+    fit = vingd.fit(
+        linear_regression, *args, guide=guide, step_size=lambda t: 1 - t / 9, num_steps=10,
+        tol=None,
+    )  # fmt: skip
+    assert fit.num_steps == 10
+
+
+@GUIDES
+def test_a_latent_local_to_a_subsampled_plate_is_named(guide_class):
+    def local(y):
+        with numpyro.plate("groups", 50, subsample_size=10):
+            theta = numpyro.sample("theta", dist.Normal(0.0, 1.0))
+            numpyro.sample("y", dist.Normal(theta, 1.0), obs=y)
+
+    match = r"'theta' is local to the subsampled plate 'groups' \(subsample_size=10 of 50\)"
+    with pytest.raises(ValueError, match=match + ".*Drop subsample_size"):
+        vingd.fit(local, jnp.zeros(50), guide=guide_class(local), num_steps=1)
+
+
 def test_model_params_are_refused_by_fit(conjugate):
     def with_param(X, y=None):
         sd = numpyro.param("sd", 1.0, constraint=dist.constraints.positive)

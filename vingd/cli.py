@@ -83,11 +83,12 @@ def cmd_fit(args) -> None:
     print(
         f"ELBO {info['elbo']:.2f} ± {info['elbo_se']:.2f} after {len(result.losses)} steps "
         f"({result.compile_seconds:.2f} s compile, {result.run_seconds:.3f} s run); "
-        f"PSIS k̂ {info['psis_khat']:.2f} ({info['psis_verdict']})."
+        f"PSIS k̂ {info['psis_khat']:.2f} ({info['psis_verdict']}; effective sample size "
+        f"{info['psis_ess']:.0f} of {info['num_draws']})."
     )
     if out is not None:
         tree.to_netcdf(out / "posterior.nc")
-        summary.to_csv(out / "summary.csv")
+        summary.to_csv(out / "summary.csv", index_label="variable")
         trace = (-result.losses, step_seconds(result.run_seconds, len(result.losses)))
         plots.plot_traces({type(guide).__name__: trace}, info["elbo"]).savefig(out / "elbo.png")
         diagnostics.save_forest(tree, out / "forest.png")

@@ -30,6 +30,7 @@ from arviz_stats.base import array_stats
 from matplotlib import pyplot
 from numpyro import handlers
 from numpyro.infer.util import get_importance_trace
+from numpyro.primitives import Messenger
 from scipy.special import logsumexp
 
 from vingd.guides import check_params
@@ -174,6 +175,17 @@ def _one_chain(group: dict) -> dict:
     return {name: np.asarray(value)[None] for name, value in group.items()}
 
 
+class _PointwiseLikelihood(Messenger):
+    """Observed sites whose likelihood factorises over their event dims (`Independent`, as
+    `.to_event(1)` makes) scored per element: the log likelihood of eight schools' one vector
+    site, summed, gave `arviz.loo` a single observation. The log density is unchanged."""
+
+    def process_message(self, msg):
+        if msg["type"] == "sample" and msg["is_observed"]:
+            while isinstance(msg["fn"], dist.Independent):
+                msg["fn"] = msg["fn"].base_dist
+
+
 class _GuideDraws(arviz_base.NumPyroInferenceAdapter):
     """Draws from a fitted guide as one chain, for ArviZ's NumPyro converter."""
 
@@ -250,7 +262,7 @@ def to_datatree(
     per draw (for `arviz.loo_approximate_posterior`) and, along dim `step`, the fit's ELBO trace
     `elbo` = −losses and its other per-step arrays (e.g. `step_sizes`). The root attrs hold the
     guide, the fit's scalar settings, `attrs` (None values left out), and from the draws the
-    ELBO ± se and the PSIS k̂ with its verdict.
+    ELBO ± se, the PSIS k̂ with its verdict, and the smoothed weights' effective sample size.
 
     Args:
         model, guide: the NumPyro model and the fitted guide (vingd's or numpyro's).
@@ -264,11 +276,11 @@ def to_datatree(
     """
     params, steps, settings = _unpack_fit(fit)
     draws = draw(model, guide, params, *args, num_samples=num_samples, rng_key=rng_key, **kwargs)
-    khat = PSIS.from_draws(draws).khat
+    psis = PSIS.from_draws(draws)
     elbo, elbo_se = draws.elbo
 
     tree = arviz_base.from_numpyro(
-        _GuideDraws(full_data(model), args, kwargs, draws),
+        _GuideDraws(_PointwiseLikelihood(full_data(model)), args, kwargs, draws),
         posterior_predictive=_one_chain(draws.predictive),
         log_likelihood=True,
         coords=coords,
@@ -280,17 +292,17 @@ def to_datatree(
         .assign({name: ("step", np.asarray(value)) for name, value in steps.items()})
     )
     # a numpyro.factor is an observed Unit site, not data: out of log_likelihood (or `loo`
-    # finds several arrays and asks which)
+    # finds several arrays and asks which) and out of the data (a 0-size array there breaks
+    # arviz's predictive plots)
     factors = inspect_model(
         model,
         args,
         kwargs,
         lambda t: [n for n, s in t.items() if isinstance(s.get("fn"), dist.Unit)],
     )
-    if "log_likelihood" in tree.children and factors:
-        tree["log_likelihood"] = (
-            tree["log_likelihood"].to_dataset().drop_vars(factors, errors="ignore")
-        )
+    for group in ("log_likelihood", "observed_data", "posterior_predictive"):
+        if group in tree.children and factors:
+            tree[group] = tree[group].to_dataset().drop_vars(factors, errors="ignore")
     tree.attrs = {
         "guide": type(guide).__name__,
         **settings,
@@ -298,8 +310,11 @@ def to_datatree(
         "num_draws": num_samples,
         "elbo": elbo,
         "elbo_se": elbo_se,
-        "psis_khat": khat,
-        "psis_verdict": verdict(khat),
+        "psis_khat": psis.khat,
+        "psis_verdict": psis.verdict,
+        # (k̂ is the shape of the weights' tail; for nearly constant weights, where q is nearly
+        # p, it can read "unreliable" while the effective sample size is all the draws)
+        "psis_ess": psis.ess,
     }
     return tree
 

@@ -19,7 +19,7 @@ from numpyro import handlers
 from numpyro.infer.elbo import ELBO
 
 from vingd.estimators import default_estimator, get_estimator, validate_num_samples
-from vingd.guides import flat_view_of
+from vingd.guides import check_params, flat_view_of
 from vingd.log_joint import LogJoint, num_observations
 
 
@@ -73,6 +73,9 @@ class NaturalELBO(ELBO):
                 f"NaturalELBO works with AutoNaturalNormal and AutoNaturalMVN; fit "
                 f"{type(guide).__name__} (its step is a projection) with vingd.fit."
             )
+        # (once per trace: a guide set up for another model would fit a log joint that
+        # ignores its latents, and report a falling loss)
+        check_params(model, guide, param_map, args, kwargs)
         draw_key, model_key = jax.random.split(rng_key)
         log_joint = LogJoint(handlers.seed(model, model_key), args, kwargs, guide.unpack_latent)
 

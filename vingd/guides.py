@@ -116,14 +116,6 @@ class AutoNaturalNormal(AutoNormal, CompiledPrototype, _FlatView):
         check_model(self.model, args, kwargs, type(self).__name__)
         with explained_invalid_parameters(self.model, args, kwargs):
             super()._setup_prototype(*args, **kwargs)
-        for name, site in self.prototype_trace.items():
-            if site["type"] == "sample" and not site["is_observed"]:
-                for frame in site["cond_indep_stack"]:
-                    if frame.size != self._prototype_frame_full_sizes[frame.name]:
-                        raise ValueError(
-                            f"Latent site {name!r} is local to the subsampled plate "
-                            f"{frame.name!r}; {type(self).__name__} supports global latents only."
-                        )
         _, self._unravel = ravel_pytree(self._init_locs)
 
     def _param_name(self, site):
@@ -362,6 +354,22 @@ def guide_latents(guide) -> dict:
     }
 
 
+def check_param_shapes(guide_name: str, expected: dict, params: dict) -> None:
+    """`ValueError` unless each of `expected`'s parameters in `params` has its shapes (params of
+    the same guide type, fitted to data with other latent shapes, would fail deep in JAX)."""
+
+    def shapes(tree):
+        return [tuple(jnp.shape(x)) for x in jax.tree.leaves(tree)]
+
+    for name, value in expected.items():
+        if shapes(params[name]) != shapes(value):
+            raise ValueError(
+                f"params[{name!r}] has shapes {shapes(params[name])}, but {guide_name} on this "
+                f"model and data has {shapes(value)}: params of a fit to data with other latent "
+                "shapes? Fit this data from the guide's own start (no init_params)."
+            )
+
+
 def check_params(model, guide, params, args, kwargs) -> None:
     """Set a vingd `guide` up if it is new, and raise `ValueError` unless `params` hold its
     parameters and it was built for `model(*args, **kwargs)` (the same latent sites). A guide
@@ -378,6 +386,7 @@ def check_params(model, guide, params, args, kwargs) -> None:
             f"params lack {type(guide).__name__}'s parameter(s) {missing}; got keys "
             f"{sorted(params)}. Pass the params of a fit with this guide type (another guide's?)."
         )
+    check_param_shapes(type(guide).__name__, expected, params)
     if isinstance(guide, _FlatView):
         check_model(model, args, kwargs, type(guide).__name__, guide_latents(guide))
     else:  # (AutoExpFamily: discrete latents too, which check_model refuses)

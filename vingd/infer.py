@@ -84,7 +84,7 @@ from vingd.estimators import (
     validate_num_samples,
 )
 from vingd.expfam import AutoExpFamily
-from vingd.guides import check_params, flat_view_of, guide_latents
+from vingd.guides import check_param_shapes, check_params, flat_view_of, guide_latents
 from vingd.log_joint import LogJoint, full_data, num_observations, subsamples
 from vingd.optim import StepInfo, damped_step, validate_step_size
 from vingd.pytree import merge_arrays, split_arrays
@@ -169,7 +169,7 @@ def _validate(num_steps, step_size, num_samples, max_backoffs, momentum, window,
     if not is_integer(num_steps) or num_steps < 1:
         raise ValueError(f"num_steps must be an integer >= 1, got {num_steps!r}.")
     if step_size is not None:
-        step_size = validate_step_size(step_size)
+        step_size = validate_step_size(step_size, int(num_steps))
     validate_num_samples(num_samples)
     if step_size is None and num_samples < 2:
         raise ValueError(
@@ -473,6 +473,7 @@ def fit(
                 f"init_params must be {type(guide).__name__} params, with keys "
                 f"{sorted(initial)}; got keys {sorted(init_params)} (another guide's?)."
             )
+        check_param_shapes(type(guide).__name__, initial, init_params)
         natural = guide.flatten(init_params)
         if not bool(family.is_valid(natural)):
             raise ValueError(

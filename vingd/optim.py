@@ -33,10 +33,26 @@ class StepInfo(NamedTuple):
     num_rejected: jax.Array  # parameters left unchanged because no halving was valid
 
 
-def validate_step_size(step_size):
+#: steps over which a schedule is checked where the number of steps is not known (SVI)
+SCHEDULE_CHECKED_STEPS = 10_000
+
+
+def validate_step_size(step_size, num_steps: int = SCHEDULE_CHECKED_STEPS):
     """`step_size` as a float (a schedule as it is), or a `ValueError` unless it is a number in
-    (0, 1] (a Python or NumPy scalar, or a 0-d array) or a schedule."""
+    (0, 1] (a Python or NumPy scalar, or a 0-d array) or a schedule whose ρ_t is in [0, 1] at
+    steps t < `num_steps` (evaluated ahead, vectorised: a ρ_t > 1 overshoots and one < 0 or NaN
+    steps backwards, and inside the compiled loop neither could be refused; 0, the end of an
+    annealed schedule, takes no step)."""
     if callable(step_size):
+        steps = np.arange(num_steps, dtype=np.int32)
+        values = np.broadcast_to(np.asarray(jax.vmap(step_size)(steps)), steps.shape)
+        bad = np.flatnonzero(~((values >= 0) & (values <= 1)))
+        if bad.size:
+            raise ValueError(
+                f"the step_size schedule gives ρ = {float(values[bad[0]]):.4g} at step {bad[0]} "
+                f"({bad.size} of its first {num_steps} steps are outside [0, 1]); a schedule "
+                "must give natural-gradient steps in [0, 1], e.g. lambda t: 1 / (1 + t / 10)."
+            )
         return step_size
     scalar = np.ndim(step_size) == 0 and np.issubdtype(np.asarray(step_size).dtype, np.number)
     if isinstance(step_size, bool | np.bool_) or not scalar or not 0 < float(step_size) <= 1:

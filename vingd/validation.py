@@ -167,7 +167,17 @@ def _check_trace(trace, guide_name: str, guide_latents=None) -> None:
                     "put any finite value where they are masked: a NaN under "
                     "numpyro.handlers.mask or obs_mask still makes the gradient NaN."
                 )
-        elif site["fn"].support.is_discrete:
+            continue
+        for frame in site["cond_indep_stack"]:
+            plate = trace.get(frame.name, {})
+            if plate.get("type") == "plate" and frame.size != plate["args"][0]:
+                raise ValueError(
+                    f"Latent site {name!r} is local to the subsampled plate {frame.name!r} "
+                    f"(subsample_size={frame.size} of {plate['args'][0]}); {guide_name} fits "
+                    "global latents only. Drop subsample_size from that plate, or move the site "
+                    "out of it."
+                )
+        if site["fn"].support.is_discrete:
             raise ValueError(
                 f"Latent site {name!r} is discrete ({type(site['fn']).__name__}, support "
                 f"{site['fn'].support}); {guide_name} fits continuous latents only. Use "
