@@ -32,12 +32,11 @@ Each step, on the guide's family over the flat unconstrained latent vector,
   takes the saddle-free Newton step with |E[∇²f]| (`estimators.newton_or_saddle_free`).
   Where declines have brought adaptive ρ below its start (before it settles), ρ is a trust
   region: with τ = ρ/ρ₀ the mean takes m + ρ((1−τ)Λ + τ E[−∇²f])⁻¹E[∇f], Levenberg–Marquardt
-  damped by q's own precision (`estimators.damped_newton`), so that a
-  declined step is retried in a safer direction, not only a shorter one. A Newton step along a
-  nearly flat direction of a few draws' Hessian (eight schools' funnel) had been declined down
-  to ρ = 0.016 before, and kilpisjarvi's fit stalled far from the optimum on 2 of 40 keys
-  (0 of 40 damped; steps to 1 nat over 13 posteriors, 8 keys each: the same, medians summing
-  to 196 against 193.5);
+  damped by q's own precision (`estimators.damped_newton`), so that a declined step is retried
+  in a safer direction, not only a shorter one. A Newton step along a nearly flat direction of
+  a few draws' Hessian (eight schools' funnel) had been declined down to ρ = 0.016 before, and
+  kilpisjarvi's fit stalled far from the optimum on 2 of 40 keys (0 of 40 damped; steps to
+  1 nat over 13 posteriors, 8 keys each: the same, medians summing to 196 against 193.5);
 - momentum (heavy ball, β): θ_{t+1} = θ_t + ρ d_t + β(θ_t − θ_{t−1}), restarted on a drop (as
   in adaptive-restart acceleration), for large mean-field fits without exact Hessians;
 - stopping: after each chunk of `window` steps, stop when the mean loss improved less than

@@ -150,7 +150,7 @@ def _check_trace(trace, guide_name: str, guide_latents=None) -> None:
     for name, site in trace.items():
         if site["type"] == "param" and guide_latents is not None:
             raise ValueError(
-                f"The model has a numpyro.param site {name!r}: vingd.fit learns the guide's "
+                f"The model has a numpyro.param site {name!r}: vingd learns the guide's "
                 "natural parameters only and would hold it at its initial value. Give it a "
                 "prior (numpyro.sample) or pass it in as a constant."
             )
