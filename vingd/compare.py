@@ -93,7 +93,7 @@ class Method:
             raise ValueError(f"num_steps must be an integer >= 1, got {self.num_steps!r}.")
         if self.engine == "vingd":
             if self.step_size is not None:
-                validate_step_size(self.step_size)
+                validate_step_size(self.step_size, int(steps))  # (over its own steps, as fit)
             if self.estimator is not None:
                 get_estimator(self.estimator, GUIDES["vingd"][self.family].family)
             return
