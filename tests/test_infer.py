@@ -1,6 +1,7 @@
 """vingd.fit: exactness on a conjugate model, beating Adam SVI, domain safety, jit hygiene."""
 
 import functools
+import re
 import warnings
 
 import jax
@@ -386,6 +387,56 @@ def test_a_fit_whose_log_density_is_nan_on_part_of_q_warns_and_is_not_converged(
         result = vingd.fit(half_nan, jnp.array([-2.0, -1.5, -2.5]), guide=guide, rng_key=0)
     assert any("ELBO estimates were NaN or infinite" in str(w.message) for w in caught), caught
     assert not result.converged and result.num_declined > 0
+
+
+def test_singular_directions_is_scale_free_and_finds_the_flat_direction():
+    # a badly scaled but uncorrelated precision is not singular: units do not count
+    kappa, loading = vingd.infer.singular_directions(np.diag([1e-8, 1.0, 1e8]), eps=1e-7)
+    assert kappa == pytest.approx(1.0) and not loading.any()
+    # y ~ N(a + b, 1) (20 points), a and b in other units: only a − b is flat
+    v = np.array([1.0, 1.0, 0.0])
+    units = np.diag([1e3, 1.0, 1e-2])
+    prior = np.diag([1e-6, 1e-6, 1.0])
+    precision = units @ (20 * np.outer(v, v) + prior) @ units
+    kappa, loading = vingd.infer.singular_directions(precision, eps=1e-7)
+    # scaled to unit diagonal: [[1, 1 − δ], [1 − δ, 1]] ⊕ [1], δ = 1e-6 / (20 + 1e-6)
+    delta = 1e-6 / (20 + 1e-6)
+    assert kappa == pytest.approx((2 - delta) / delta, rel=1e-4)
+    np.testing.assert_allclose(loading, [0.5, 0.5, 0.0], atol=1e-9)
+    # the same posterior with proper priors on a and b is resolved
+    kappa, loading = vingd.infer.singular_directions(
+        units @ (20 * np.outer(v, v) + np.eye(3)) @ units, eps=1e-7
+    )
+    assert kappa < 50 and not loading.any()
+
+
+def test_an_improper_posterior_is_not_reported_converged():
+    """Flat priors on b and c, identified only through a + b − c (full covariance), and a flat
+    latent outside the likelihood (mean field): q's precision shrinks ×(1 − ρ) per step along
+    the flat directions until rounding stops it, and the ELBO then looks settled."""
+
+    def sum_only(y):
+        a = numpyro.sample("a", dist.Normal(0.0, 1e3))
+        flat = dist.ImproperUniform(dist.constraints.real, (), ())
+        b, c = numpyro.sample("b", flat), numpyro.sample("c", flat)
+        numpyro.sample("y", dist.Normal(a + b - c, 1.0), obs=y)
+
+    def unused(y):
+        a = numpyro.sample("a", dist.Normal(0.0, 10.0))
+        numpyro.sample("b", dist.ImproperUniform(dist.constraints.real, (), ()))
+        numpyro.sample("y", dist.Normal(a, 1.0), obs=y)
+
+    y = jnp.asarray(np.random.default_rng(0).normal(1.0, 1.0, 20))
+    for model, guide, flat in [
+        (sum_only, vingd.AutoNaturalMVN(sum_only), {"b", "c"}),
+        (unused, vingd.AutoNaturalNormal(unused), {"b"}),
+    ]:
+        with pytest.warns(RuntimeWarning, match=r"q's precision .* along .*improper") as caught:
+            result = vingd.fit(model, y, guide=guide, rng_key=0)
+        (named,) = re.findall(r"along ((?:'\w+'(?:, )?)+)", str(caught[0].message))
+        # (in float32, a's prior sd of 1e3 is beyond resolution too)
+        assert flat <= set(re.findall(r"'(\w+)'", named)) <= {"a", "b", "c"}
+        assert not result.converged
 
 
 def test_mean_field_newton_step_is_saddle_free_where_the_elbo_is_not_concave_in_the_mean():

@@ -83,6 +83,8 @@ from vingd.estimators import (
     validate_num_samples,
 )
 from vingd.expfam import AutoExpFamily
+from vingd.families.diagonal_normal import DiagonalNormal
+from vingd.families.multivariate_normal import MultivariateNormal
 from vingd.guides import check_param_shapes, check_params, flat_view_of, guide_latents
 from vingd.log_joint import LogJoint, full_data, num_observations, subsamples
 from vingd.optim import StepInfo, damped_step, validate_step_size
@@ -389,6 +391,70 @@ def window_verdict(previous: np.ndarray, last: np.ndarray, tol: float) -> str:
     return "worse" if -improvement > max(floor, 4 * se) else "settled"
 
 
+#: ε-scaled condition number of q's precision (scaled to unit diagonal) at or beyond which it
+#: is numerically singular: its spread along the flattest direction is set by rounding
+SINGULAR = 0.5
+
+
+def singular_directions(precision, eps: float) -> tuple[float, np.ndarray]:
+    """(κ, loading): κ the condition number of Λ scaled to unit diagonal, D^-½ΛD^-½ (scale-free:
+    a latent's units do not count, only correlation does), and per coordinate the squared
+    weight of the directions whose eigenvalue is within `eps`/`SINGULAR` of the largest (all
+    zero unless κ·`eps` ≥ `SINGULAR`)."""
+    precision = np.asarray(precision, np.float64)
+    scale = np.sqrt(np.abs(np.diag(precision)))
+    values, vectors = np.linalg.eigh(precision / np.outer(scale, scale))
+    kappa = values[-1] / values[0] if values[0] > 0 else math.inf
+    flat = values <= values[-1] * eps / SINGULAR
+    return kappa, np.sum(vectors[:, flat] ** 2, axis=1)
+
+
+def _flag_flat(result: FitResult, guide) -> FitResult:
+    """`result` with `converged=False` and a warning naming the latents where the fitted
+    Gaussian's precision is numerically singular (`singular_directions`) or has collapsed to
+    within 1/ε of the smallest normal number. An improper or non-identified posterior (a flat
+    prior, latents identified only through their sum) drives the precision there towards 0,
+    each step by a factor 1 − ρ, until rounding stops it and the ELBO looks settled."""
+    natural = guide.flatten(result.params)
+    dtype = jnp.result_type(natural.eta2)
+    eps, tiny = float(jnp.finfo(dtype).eps), float(jnp.finfo(dtype).tiny)
+    precision = np.asarray(-2 * natural.eta2, np.float64)
+    if precision.ndim == 2:  # (full covariance; else a diagonal)
+        precision = 0.5 * (precision + precision.T)
+    if not np.all(np.isfinite(precision)):  # (a fit that ended invalid has said so)
+        return result
+    diagonal = np.diag(precision) if precision.ndim == 2 else precision
+    loading, how = (diagonal <= tiny / eps).astype(float), f"fell below {tiny / eps:.1g}"
+    if precision.ndim == 2 and not loading.any():
+        kappa, loading = singular_directions(precision, eps)
+        how = (
+            f"has condition number {kappa:.3g} (scaled to unit diagonal; "
+            f"{jnp.dtype(dtype).name} resolves up to ~{SINGULAR / eps:.1g})"
+        )
+    if not loading.any():
+        return result
+    share = {k: float(np.sum(v)) for k, v in guide.unpack_latent(loading).items()}
+    sites = [
+        k for k, v in sorted(share.items(), key=lambda kv: -kv[1]) if v >= 0.1 * sum(share.values())
+    ]
+    warnings.warn(
+        f"vingd.fit: q's precision {how} along {', '.join(map(repr, sites))}, so q's spread "
+        "there is set by rounding, not by the posterior: the posterior is improper or not "
+        "identified there (a flat prior, or latents identified only through their sum or "
+        "difference), or nearly so. The fit is not reported converged. Give those latents "
+        "proper priors or reparameterise them"
+        + (
+            " (or, for a proper posterior this ill-conditioned, enable float64: "
+            "jax.config.update('jax_enable_x64', True))."
+            if eps > np.finfo(np.float64).eps
+            else "."
+        ),
+        RuntimeWarning,
+        stacklevel=3,
+    )
+    return dataclasses.replace(result, converged=False)
+
+
 def fit(
     model,
     *args,
@@ -503,7 +569,7 @@ def fit(
         newton_mean=not minibatches,
         initial_step_size=rho0,
     )
-    return _run_fit(
+    result = _run_fit(
         _run_chunk,
         FitState.start(natural, rho0, run_key),
         args,
@@ -516,6 +582,9 @@ def fit(
         model=model,
         guide=guide,
     )
+    if isinstance(family, (DiagonalNormal, MultivariateNormal)):  # (low rank floors D)
+        result = _flag_flat(result, guide)
+    return result
 
 
 class _NoBar:
