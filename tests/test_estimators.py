@@ -1,5 +1,6 @@
 """Each estimator of ∇_μ E_q[f], tested directly against quadrature and against exactness."""
 
+import functools
 from unittest import mock
 
 import jax
@@ -229,6 +230,39 @@ def test_log_joint_split_and_observation_terms(conjugate):
     trace = handlers.trace(labels).get_trace(jnp.zeros(7), jnp.ones(7))
     assert observation_terms(trace["y"]).shape == (7,)
     assert num_observations(linear_regression, (conjugate.X,), {"y": conjugate.y}) == 40
+
+
+def test_the_empirical_fisher_is_scaled_as_the_site_is():
+    """The signed pass's squared gradient is Σₙ cₙ(∇ℓₙ)² for a site of scale cₙ: c× under
+    `handlers.scale(c)` (and for "ggn", where a likelihood has no Fisher form), and on a
+    minibatch (c = N/B) unbiased for the whole data's. It was cₙ², 10× too large at B = N/10."""
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=200))
+    y = jnp.asarray(2 * np.asarray(x) + rng.normal(size=200))
+
+    def model(likelihood=dist.Normal, scale=1.0, batch=None):
+        w = numpyro.sample("w", dist.Normal(0.0, 10.0))
+        with numpyro.plate("n", 200, subsample_size=batch) as i, handlers.scale(scale=scale):
+            numpyro.sample("y", likelihood(w * x[i], 1.0), obs=y[i])
+
+    z = jnp.array([1.9])
+
+    def squared(key, fisher=False, **settings):
+        f = LogJoint(handlers.seed(model, key), (), settings, lambda v: {"w": v[0]})
+        return jax.grad(lambda v: f.split(v, key, fisher)[2])(z)[0] ** 2
+
+    key = jax.random.PRNGKey(0)
+    for likelihood, fisher in [(dist.Normal, False), (functools.partial(dist.StudentT, 4.0), True)]:
+        np.testing.assert_allclose(
+            squared(key, fisher, likelihood=likelihood, scale=0.1),
+            0.1 * squared(key, fisher, likelihood=likelihood),
+            rtol=1e-5,
+        )
+    whole = float(np.sum((np.asarray(x) * (np.asarray(y) - 1.9 * np.asarray(x))) ** 2))
+    keys = jax.random.split(key, 2000)
+    minibatch = jax.vmap(lambda k: squared(k, batch=20))(keys)
+    assert abs(float(minibatch.mean()) - whole) < 4 * float(minibatch.std()) / np.sqrt(2000)
+    assert float(minibatch.mean()) < 2 * whole  # (it came out 10× the whole data's)
 
 
 def test_single_draw_fit_reaches_the_mean_field_optimum(conjugate, rng_key):

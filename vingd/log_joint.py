@@ -8,7 +8,8 @@ log joint apart from its observation terms and a randomly signed sum of those te
 
 so that E_s[(∇ℓ_s)²] = Σₙ (∇ℓₙ)²: the per-observation squared gradients (the empirical Fisher
 that VOGN and Vadam use as curvature) from one extra backward pass instead of one per
-observation. An observation is an element of an observed site's batch shape, with
+observation. A scaled site (cₙ: N/B on a minibatch) weights its terms by √cₙ, so that the sum
+is Σₙ cₙ(∇ℓₙ)², unbiased for the whole data's. An observation is an element of an observed site's batch shape, with
 `to_event` dimensions unwrapped (a `Bernoulli(...).to_event(1)` over n labels has n terms).
 
 With `fisher=True` the signed sum is instead Σₙ sₙ √Fₙ ηₙ(z), for likelihoods written in
@@ -41,15 +42,17 @@ class full_data(Messenger):
 
 
 def observation_terms(site) -> jax.Array:
-    """ℓₙ for each observation of an observed `site` (scaled as the site is)."""
+    """√cₙ ℓₙ for each observation of an observed `site`, cₙ the site's scale (N/B on a
+    minibatch, a tempering): weighted so that a signed sum's squared gradient is
+    Σₙ cₙ (∇ℓₙ)², the scaled empirical Fisher (as `fisher_terms` weights √Fₙ by √cₙ)."""
     fn, event_dims = site["fn"], 0
     while isinstance(fn, dist.Independent):
         event_dims += fn.reinterpreted_batch_ndims
         fn = fn.base_dist
     terms = fn.log_prob(site["value"])
     if site["scale"] is not None:
-        scale = jnp.asarray(site["scale"])
-        terms = terms * jnp.reshape(scale, scale.shape + (1,) * event_dims)
+        root = jnp.sqrt(jnp.asarray(site["scale"]))
+        terms = terms * jnp.reshape(root, root.shape + (1,) * event_dims)
     return terms
 
 
