@@ -105,13 +105,25 @@ def test_a_new_guide_given_saved_params_works_in_elbo_psis_datatree_and_predicti
 
 @pytest.mark.parametrize(
     "guide_class",
-    [vingd.AutoNaturalNormal, vingd.AutoNaturalMVN, vingd.AutoNaturalLowRankMVN],
+    [
+        vingd.AutoNaturalNormal,
+        vingd.AutoNaturalMVN,
+        vingd.AutoNaturalLowRankMVN,
+        vingd.AutoExpFamily,
+    ],
 )
 def test_a_guide_never_run_says_how_to_set_it_up(guide_class):
     guide, result = fitted(guide_class, num_steps=5)
     fresh = guide_class(eight_schools)
-    with pytest.raises(ValueError, match=r"median needs the guide set up.*init_params"):
-        fresh.median(result.params)  # (was AttributeError: _init_locs, or 'NoneType')
+    # (each was AttributeError: _init_locs, _init_latent or 'NoneType'; or, AutoExpFamily's
+    # median and quantiles, an empty dict)
+    for method, method_args in [
+        ("median", (result.params,)),
+        ("quantiles", (result.params, [0.5])),
+        ("sample_posterior", (jax.random.PRNGKey(0), result.params)),
+    ]:
+        with pytest.raises(ValueError, match=rf"{method} needs the guide set up.*init_params"):
+            getattr(fresh, method)(*method_args)
     fresh.init_params(SIGMA, Y)  # (no seed handler needed)
     np.testing.assert_allclose(
         fresh.median(result.params)["tau"], guide.median(result.params)["tau"]

@@ -58,6 +58,7 @@ from vingd.families import (
     InverseGamma,
     LogNormal,
 )
+from vingd.guides import needs_setup
 from vingd.validation import check_model, explained_invalid_parameters
 
 FAMILIES: dict[str, ExponentialFamily] = {
@@ -374,6 +375,7 @@ class AutoExpFamily(AutoGuide):
         """`{site: θ}` from a params dict."""
         return {name: params[site.param] for name, site in self.sites.items()}
 
+    @needs_setup
     def sample_posterior(self, rng_key, params, *args, sample_shape=(), **kwargs):
         """Draws of every latent site, and of the model's deterministic sites given them (as
         numpyro's `AutoNormal` returns them)."""
@@ -390,6 +392,7 @@ class AutoExpFamily(AutoGuide):
         )
         return {**latents, **predictive(keys[-1], *args, **kwargs)}
 
+    @needs_setup
     def median(self, params):
         """Elementwise posterior medians; the mean for a Dirichlet (a point of the simplex)."""
         out = {}
@@ -401,6 +404,7 @@ class AutoExpFamily(AutoGuide):
                 out[name] = self._quantiles(site, natural, jnp.asarray([0.5]))[0]
         return out
 
+    @needs_setup
     def quantiles(self, params, quantiles):
         """Elementwise marginal quantiles, shape `(len(quantiles), *site_shape)`."""
         quantiles = jnp.asarray(quantiles)

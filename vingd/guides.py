@@ -45,7 +45,7 @@ def _host(x):
     return x if isinstance(x, jax.core.Tracer) else np.asarray(x)
 
 
-def _needs_setup(method):
+def needs_setup(method):
     """`method`, or a `ValueError` saying how to set the guide up if it has never run."""
 
     @functools.wraps(method)
@@ -157,17 +157,17 @@ class AutoNaturalNormal(AutoNormal, CompiledPrototype, _FlatView):
             out[f"{site}_{self.prefix}_scale"] = scale
         return out
 
-    @_needs_setup
+    @needs_setup
     def sample_posterior(self, rng_key, params, *args, sample_shape=(), **kwargs):
         return super().sample_posterior(
             rng_key, self._as_loc_scale(params), *args, sample_shape=sample_shape, **kwargs
         )
 
-    @_needs_setup
+    @needs_setup
     def median(self, params):
         return super().median(self._as_loc_scale(params))
 
-    @_needs_setup
+    @needs_setup
     def quantiles(self, params, quantiles):
         return super().quantiles(self._as_loc_scale(params), quantiles)
 
@@ -198,6 +198,10 @@ class _FlatContinuous(AutoContinuous, CompiledPrototype, _FlatView):
 
     def _initial_params(self):
         return {self._param_name: self._initial()}
+
+    @needs_setup
+    def sample_posterior(self, rng_key, params, *args, sample_shape=(), **kwargs):
+        return super().sample_posterior(rng_key, params, *args, sample_shape=sample_shape, **kwargs)
 
     # -- the flat view used by vingd.fit ---------------------------------------------------
     def flatten(self, params):
@@ -244,23 +248,23 @@ class AutoNaturalMVN(_FlatContinuous):
     def get_base_dist(self):
         return dist.Normal(jnp.zeros(self.latent_dim), 1).to_event(1)
 
-    @_needs_setup
+    @needs_setup
     def get_transform(self, params):
         natural = params[self._param_name]
         scale_tril = cholesky_of_inverse(self.family.precision(natural))
         return LowerCholeskyAffine(self.family.loc(natural), scale_tril)
 
-    @_needs_setup
+    @needs_setup
     def get_posterior(self, params):
         """The numpyro `MultivariateNormal` over the flat unconstrained latents."""
         transform = self.get_transform(params)
         return dist.MultivariateNormal(transform.loc, scale_tril=transform.scale_tril)
 
-    @_needs_setup
+    @needs_setup
     def median(self, params):
         return self._unpack_and_constrain(self.family.loc(params[self._param_name]), params)
 
-    @_needs_setup
+    @needs_setup
     def quantiles(self, params, quantiles):
         transform = self.get_transform(params)
         scale = jnp.linalg.norm(transform.scale_tril, axis=-1)
@@ -320,23 +324,23 @@ class AutoNaturalLowRankMVN(_FlatContinuous):
             0 * init + self._init_scale**-2,
         )
 
-    @_needs_setup
+    @needs_setup
     def get_transform(self, params):
         raise NotImplementedError(
             f"{type(self).__name__} has no O(d·rank) bijection from base noise (its draws use "
             "d + rank normals); use get_posterior(params) or sample_posterior."
         )
 
-    @_needs_setup
+    @needs_setup
     def get_posterior(self, params):
         """`LowRankPrecisionNormal` over the flat unconstrained latents."""
         return self.family.to_numpyro(params[self._param_name])
 
-    @_needs_setup
+    @needs_setup
     def median(self, params):
         return self._unpack_and_constrain(params[self._param_name].loc, params)
 
-    @_needs_setup
+    @needs_setup
     def quantiles(self, params, quantiles):
         posterior = self.get_posterior(params)
         latent = dist.Normal(posterior.mean, jnp.sqrt(posterior.variance)).icdf(

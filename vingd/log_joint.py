@@ -9,8 +9,9 @@ log joint apart from its observation terms and a randomly signed sum of those te
 so that E_s[(∇ℓ_s)²] = Σₙ (∇ℓₙ)²: the per-observation squared gradients (the empirical Fisher
 that VOGN and Vadam use as curvature) from one extra backward pass instead of one per
 observation. A scaled site (cₙ: N/B on a minibatch) weights its terms by √cₙ, so that the sum
-is Σₙ cₙ(∇ℓₙ)², unbiased for the whole data's. An observation is an element of an observed site's batch shape, with
-`to_event` dimensions unwrapped (a `Bernoulli(...).to_event(1)` over n labels has n terms).
+is Σₙ cₙ(∇ℓₙ)², unbiased for the whole data's. An observation is an element of an observed
+site's batch shape, with `to_event` dimensions unwrapped (a `Bernoulli(...).to_event(1)` over
+n labels has n terms).
 
 With `fisher=True` the signed sum is instead Σₙ sₙ √Fₙ ηₙ(z), for likelihoods written in
 parameters ηₙ whose Fisher information Fₙ is known (`fisher_terms`: Bernoulli and Binomial
