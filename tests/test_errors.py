@@ -33,6 +33,21 @@ def test_discrete_latent_is_named(guide_class):
         svi.init(jax_key(), 0.5)
 
 
+def test_an_enumerated_discrete_latent_is_named_with_advice_vingd_can_follow():
+    def mixture(y):
+        w = numpyro.sample("w", dist.Beta(1.0, 1.0))
+        with numpyro.plate("n", y.shape[0]):
+            z = numpyro.sample("z", dist.Bernoulli(w), infer={"enumerate": "parallel"})
+            numpyro.sample("y", dist.Normal(2.0 * z, 1.0), obs=y)
+
+    # (it named ExpandedDistribution, and advised numpyro.contrib.funsor's enumeration)
+    with pytest.raises(
+        ValueError,
+        match=r"'z' is discrete \(BernoulliProbs.*does not enumerate.*MixtureSameFamily",
+    ):
+        vingd.fit(mixture, jnp.zeros(3), guide=vingd.AutoNaturalNormal(mixture), num_steps=1)
+
+
 @GUIDES
 def test_model_without_latents(guide_class):
     with pytest.raises(ValueError, match="no latent sample sites"):

@@ -373,6 +373,9 @@ def test_stopping_waits_for_a_fit_still_improving_after_a_far_start():
     with_nan[1, 3] = np.nan
     assert verdict(with_nan[0], with_nan[1]) == "improving"
     assert verdict(np.full(25, np.nan), level[1]) == "improving"
+    # an exact fit's constant loss (a prior-only model, exact CAVI), even with tol = 0
+    assert verdict(np.zeros(25), np.zeros(25)) == "settled"
+    assert vingd.infer.window_verdict(np.ones(25), np.ones(25), tol=0.0) == "settled"
 
 
 def test_a_fit_whose_log_density_is_nan_on_part_of_q_warns_and_is_not_converged():

@@ -386,7 +386,7 @@ def window_verdict(previous: np.ndarray, last: np.ndarray, tol: float) -> str:
     spread = min(previous.var(ddof=1), last.var(ddof=1))
     se = math.sqrt(spread / previous.size + spread / last.size)
     floor = tol * abs(last.mean())
-    if improvement >= max(floor, 2 * se):
+    if improvement > 0 and improvement >= max(floor, 2 * se):  # (a constant loss is settled)
         return "improving"
     return "worse" if -improvement > max(floor, 4 * se) else "settled"
 

@@ -178,11 +178,22 @@ def _check_trace(trace, guide_name: str, guide_latents=None) -> None:
                     "out of it."
                 )
         if site["fn"].support.is_discrete:
+            base = site["fn"]
+            while isinstance(
+                base, dist.Independent | dist.ExpandedDistribution | dist.MaskedDistribution
+            ):
+                base = base.base_dist
+            marked = (
+                " (vingd does not enumerate: its infer={'enumerate': ...} is not used)"
+                if site["infer"].get("enumerate")
+                else ""
+            )
             raise ValueError(
-                f"Latent site {name!r} is discrete ({type(site['fn']).__name__}, support "
-                f"{site['fn'].support}); {guide_name} fits continuous latents only. Use "
+                f"Latent site {name!r} is discrete ({type(base).__name__}, support "
+                f"{site['fn'].support}){marked}; {guide_name} fits continuous latents only. Use "
                 "vingd.AutoExpFamily(model), which gives discrete sites Bernoulli or Categorical "
-                "families, or marginalise it out in the model (numpyro.contrib.funsor)."
+                "families, or marginalise the site out of the model by hand (e.g. a "
+                "dist.MixtureSameFamily likelihood)."
             )
     latents = _latent_shapes(trace)
     if not latents:
