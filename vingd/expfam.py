@@ -58,7 +58,7 @@ from vingd.families import (
     InverseGamma,
     LogNormal,
 )
-from vingd.guides import needs_setup
+from vingd.guides import needs_setup, validate_init_scale
 from vingd.validation import check_model, explained_invalid_parameters
 
 FAMILIES: dict[str, ExponentialFamily] = {
@@ -193,8 +193,7 @@ class AutoExpFamily(AutoGuide):
         discrete="enumerate",
         max_support=256,
     ):
-        if not init_scale > 0:
-            raise ValueError(f"init_scale must be > 0, got {init_scale!r}.")
+        validate_init_scale(init_scale)
         if discrete not in ("enumerate", "score"):
             raise ValueError(f'discrete must be "enumerate" or "score", got {discrete!r}.')
         families = dict(families or {})

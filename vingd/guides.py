@@ -86,9 +86,16 @@ class _FlatView:
         return self._initial_params()
 
 
-def _validate_init_scale(init_scale):
-    if not is_real(init_scale) or not 0 < init_scale < math.inf:
-        raise ValueError(f"init_scale must be a finite number > 0, got {init_scale!r}.")
+def validate_init_scale(init_scale) -> None:
+    """`ValueError` unless `init_scale` is a number whose precision 1/init_scale² is a finite,
+    normal number in JAX's default float (else the start's precision is 0 or inf)."""
+    info = np.finfo(jnp.result_type(float))
+    low, high = 1 / math.sqrt(float(info.max)), 1 / math.sqrt(float(info.tiny))
+    if not is_real(init_scale) or not low < init_scale < high:
+        raise ValueError(
+            f"init_scale must be a number between {low:.1e} and {high:.1e} (its precision "
+            f"1/init_scale² finite and nonzero in {info.dtype}), got {init_scale!r}."
+        )
 
 
 class AutoNaturalNormal(AutoNormal, CompiledPrototype, _FlatView):
@@ -109,7 +116,7 @@ class AutoNaturalNormal(AutoNormal, CompiledPrototype, _FlatView):
     default_momentum = 0.0
 
     def __init__(self, model, *, prefix="auto", init_loc_fn=init_to_median, init_scale=0.1):
-        _validate_init_scale(init_scale)
+        validate_init_scale(init_scale)
         super().__init__(model, prefix=prefix, init_loc_fn=init_loc_fn, init_scale=init_scale)
 
     def _setup_prototype(self, *args, **kwargs):
@@ -227,7 +234,7 @@ class AutoNaturalMVN(_FlatContinuous):
     default_momentum = 0.0
 
     def __init__(self, model, *, prefix="auto", init_loc_fn=init_to_median, init_scale=0.1):
-        _validate_init_scale(init_scale)
+        validate_init_scale(init_scale)
         self._init_scale = init_scale
         super().__init__(model, prefix=prefix, init_loc_fn=init_loc_fn)
 
@@ -295,7 +302,7 @@ class AutoNaturalLowRankMVN(_FlatContinuous):
     ):
         if rank is not None and (not is_integer(rank) or rank < 1):
             raise ValueError(f"rank must be an integer >= 1 (or None for √d), got {rank!r}.")
-        _validate_init_scale(init_scale)
+        validate_init_scale(init_scale)
         self.rank, self._init_scale = None if rank is None else int(rank), init_scale
         super().__init__(model, prefix=prefix, init_loc_fn=init_loc_fn)
 
