@@ -415,8 +415,9 @@ def test_singular_directions_is_scale_free_and_finds_the_flat_direction():
 
 def test_an_improper_posterior_is_not_reported_converged():
     """Flat priors on b and c, identified only through a + b − c (full covariance), and a flat
-    latent outside the likelihood (mean field): q's precision shrinks ×(1 − ρ) per step along
-    the flat directions until rounding stops it, and the ELBO then looks settled."""
+    latent outside the likelihood (mean field, and AutoExpFamily's Gaussian): q's precision
+    shrinks ×(1 − ρ) per step along the flat directions until rounding stops it, and the ELBO
+    then looks settled."""
 
     def sum_only(y):
         a = numpyro.sample("a", dist.Normal(0.0, 1e3))
@@ -433,6 +434,7 @@ def test_an_improper_posterior_is_not_reported_converged():
     for model, guide, flat in [
         (sum_only, vingd.AutoNaturalMVN(sum_only), {"b", "c"}),
         (unused, vingd.AutoNaturalNormal(unused), {"b"}),
+        (unused, vingd.AutoExpFamily(unused), {"b"}),  # (its Gaussian sites)
     ]:
         with pytest.warns(RuntimeWarning, match=r"q's precision .* along .*improper") as caught:
             result = vingd.fit(model, y, guide=guide, rng_key=0)

@@ -37,7 +37,7 @@ import numpy as np
 
 from vingd.conjugate import is_affine
 from vingd.expectation import MAX_GRID, particles, site_modes, surrogate
-from vingd.families import Categorical
+from vingd.families import Categorical, DiagonalNormal
 from vingd.guides import guide_latents
 from vingd.infer import (
     FitConfig,
@@ -46,6 +46,8 @@ from vingd.infer import (
     _run_fit,
     _scan_chunk,
     _validate,
+    collapsed,
+    flag_improper,
 )
 from vingd.optim import StepInfo, damped_step
 from vingd.pytree import merge_arrays, split_arrays
@@ -257,7 +259,7 @@ def fit_exp_family(
         min(window, num_steps), step_size, estimator, num_draws, momentum, max_backoffs
     )
 
-    return _run_fit(
+    result = _run_fit(
         _run_chunk,
         FitState.start(start, rho0, run_key),
         args,
@@ -271,6 +273,17 @@ def fit_exp_family(
         guide=guide,
         modes=tuple(modes.items()),
     )
+    flat = [
+        name
+        for name, site in guide.sites.items()
+        if isinstance(site.family, DiagonalNormal)
+        and collapsed(-2 * result.params[site.param].eta2).any()
+    ]
+    if not flat:
+        return result
+    dtype = jnp.result_type(result.params[guide.sites[flat[0]].param].eta2)
+    info = jnp.finfo(dtype)
+    return flag_improper(result, flat, f"fell below {float(info.tiny / info.eps):.1g}", dtype)
 
 
 __all__ = ["estimators_by_site", "fit_exp_family"]

@@ -409,34 +409,19 @@ def singular_directions(precision, eps: float) -> tuple[float, np.ndarray]:
     return kappa, np.sum(vectors[:, flat] ** 2, axis=1)
 
 
-def _flag_flat(result: FitResult, guide) -> FitResult:
-    """`result` with `converged=False` and a warning naming the latents where the fitted
-    Gaussian's precision is numerically singular (`singular_directions`) or has collapsed to
-    within 1/ε of the smallest normal number. An improper or non-identified posterior (a flat
-    prior, latents identified only through their sum) drives the precision there towards 0,
-    each step by a factor 1 − ρ, until rounding stops it and the ELBO looks settled."""
-    natural = guide.flatten(result.params)
-    dtype = jnp.result_type(natural.eta2)
-    eps, tiny = float(jnp.finfo(dtype).eps), float(jnp.finfo(dtype).tiny)
-    precision = np.asarray(-2 * natural.eta2, np.float64)
-    if precision.ndim == 2:  # (full covariance; else a diagonal)
-        precision = 0.5 * (precision + precision.T)
-    if not np.all(np.isfinite(precision)):  # (a fit that ended invalid has said so)
-        return result
-    diagonal = np.diag(precision) if precision.ndim == 2 else precision
-    loading, how = (diagonal <= tiny / eps).astype(float), f"fell below {tiny / eps:.1g}"
-    if precision.ndim == 2 and not loading.any():
-        kappa, loading = singular_directions(precision, eps)
-        how = (
-            f"has condition number {kappa:.3g} (scaled to unit diagonal; "
-            f"{jnp.dtype(dtype).name} resolves up to ~{SINGULAR / eps:.1g})"
-        )
-    if not loading.any():
-        return result
-    share = {k: float(np.sum(v)) for k, v in guide.unpack_latent(loading).items()}
-    sites = [
-        k for k, v in sorted(share.items(), key=lambda kv: -kv[1]) if v >= 0.1 * sum(share.values())
-    ]
+def collapsed(precision) -> np.ndarray:
+    """Where a Gaussian's precision has fallen to within 1/ε of the smallest normal number (its
+    dtype's): no posterior holds it there; only a flat direction, shrunk ×(1 − ρ) a step."""
+    info = jnp.finfo(jnp.result_type(precision))
+    return np.asarray(precision, np.float64) <= float(info.tiny) / float(info.eps)
+
+
+def flag_improper(result: FitResult, sites: list[str], how: str, dtype) -> FitResult:
+    """`result` with `converged=False`, after a warning that q's precision `how` along `sites`:
+    an improper or non-identified posterior (a flat prior, latents identified only through
+    their sum) drives the precision there towards 0, each step by a factor 1 − ρ, until
+    rounding stops it and the ELBO looks settled."""
+    single = jnp.finfo(dtype).eps > np.finfo(np.float64).eps
     warnings.warn(
         f"vingd.fit: q's precision {how} along {', '.join(map(repr, sites))}, so q's spread "
         "there is set by rounding, not by the posterior: the posterior is improper or not "
@@ -446,13 +431,41 @@ def _flag_flat(result: FitResult, guide) -> FitResult:
         + (
             " (or, for a proper posterior this ill-conditioned, enable float64: "
             "jax.config.update('jax_enable_x64', True))."
-            if eps > np.finfo(np.float64).eps
+            if single
             else "."
         ),
         RuntimeWarning,
-        stacklevel=3,
+        stacklevel=4,
     )
     return dataclasses.replace(result, converged=False)
+
+
+def _flag_flat(result: FitResult, guide) -> FitResult:
+    """`flag_improper` where the fitted Gaussian's precision is numerically singular
+    (`singular_directions`) or `collapsed` in a latent."""
+    natural = guide.flatten(result.params)
+    dtype = jnp.result_type(natural.eta2)
+    eps, tiny = float(jnp.finfo(dtype).eps), float(jnp.finfo(dtype).tiny)
+    precision = np.asarray(-2 * natural.eta2, np.float64)
+    if precision.ndim == 2:  # (full covariance; else a diagonal)
+        precision = 0.5 * (precision + precision.T)
+    if not np.all(np.isfinite(precision)):  # (a fit that ended invalid has said so)
+        return result
+    diagonal = np.diag(precision) if precision.ndim == 2 else precision
+    loading = collapsed(diagonal.astype(dtype)).astype(float)
+    how = f"fell below {tiny / eps:.1g}"
+    if precision.ndim == 2 and not loading.any():
+        kappa, loading = singular_directions(precision, eps)
+        how = (
+            f"has condition number {kappa:.3g} (scaled to unit diagonal; "
+            f"{jnp.dtype(dtype).name} resolves up to ~{SINGULAR / eps:.1g})"
+        )
+    if not loading.any():
+        return result
+    share = {k: float(np.sum(v)) for k, v in guide.unpack_latent(loading).items()}
+    total = sum(share.values())
+    sites = [k for k, v in sorted(share.items(), key=lambda kv: -kv[1]) if v >= 0.1 * total]
+    return flag_improper(result, sites, how, dtype)
 
 
 def fit(

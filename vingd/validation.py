@@ -7,6 +7,7 @@ import numbers
 from functools import partial
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import numpyro
 import numpyro.distributions as dist
@@ -76,7 +77,47 @@ def check_model(model, args, kwargs, guide_name: str, guide_latents=None) -> Non
     Observed values computed inside the model (rather than passed in) are not checked.
     """
     check = partial(_check_trace, guide_name=guide_name, guide_latents=guide_latents)
-    inspect_model(model, args, kwargs, check)
+    latents = inspect_model(model, args, kwargs, check)
+    for name in _supports_set_by_latents(model, args, kwargs, latents):
+        raise ValueError(
+            f"Latent site {name!r} has a support that depends on other latents; {guide_name} "
+            "maps each latent onto the support found at set-up, through one fixed bijection, so "
+            "its draws would leave the support the model then has. Give the site a fixed "
+            "support and transform it in the model instead: e.g. u = numpyro.sample('u', "
+            "dist.Uniform(0, 1)) and numpyro.deterministic(name, lo + (hi - lo) * u)."
+        )
+
+
+def _supports_set_by_latents(model, args, kwargs, latents: dict) -> list[str]:
+    """The latent sites (of `latents`: site -> ShapeDtypeStruct) whose support's parameters
+    are computed from latent values (`Uniform(lo, lo + 2)`): found by tracing the model with
+    the latents as inputs and following which outputs depend on them (nothing is compiled).
+    A support computed from the data alone does not count. A model that cannot be traced so
+    (Python control flow on a latent's value) is not judged."""
+    names = list(latents)
+
+    def supports(values):
+        with handlers.block():
+            run = handlers.substitute(handlers.seed(model, rng_seed=0), data=values)
+            trace = handlers.trace(run).get_trace(*args, **kwargs)
+        return [jax.tree.leaves(trace[name]["fn"].support) for name in names]
+
+    try:
+        closed, shapes = jax.make_jaxpr(supports, return_shape=True)(latents)
+    except Exception:  # (e.g. a concretization error: not this check's to report)
+        return []
+    dependent = set(closed.jaxpr.invars)
+    for eqn in closed.jaxpr.eqns:  # (an equation with a nested program counts as a whole)
+        if any(isinstance(v, jax.extend.core.Var) and v in dependent for v in eqn.invars):
+            dependent.update(eqn.outvars)
+    flags = iter(
+        isinstance(v, jax.extend.core.Var) and v in dependent for v in closed.jaxpr.outvars
+    )
+    return [
+        name
+        for name, leaves in zip(names, shapes, strict=True)
+        if any([next(flags) for _ in leaves])
+    ]
 
 
 @contextlib.contextmanager
@@ -146,7 +187,8 @@ def _invalid_parameter_message(error, model, args, kwargs) -> str:
     return message
 
 
-def _check_trace(trace, guide_name: str, guide_latents=None) -> None:
+def _check_trace(trace, guide_name: str, guide_latents=None) -> dict:
+    """`ValueError` for what `check_model` refuses; else the latents' shapes and dtypes."""
     for name, site in trace.items():
         if site["type"] == "param" and guide_latents is not None:
             raise ValueError(
@@ -203,6 +245,10 @@ def _check_trace(trace, guide_name: str, guide_latents=None) -> None:
         )
     if guide_latents is not None:
         _compare_latents(latents, guide_latents, guide_name)
+    return {
+        name: jax.ShapeDtypeStruct(shape, jnp.result_type(trace[name]["value"]))
+        for name, shape in latents.items()
+    }
 
 
 def _latent_shapes(trace) -> dict:
