@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import jax.scipy.linalg as jsl
 import numpyro.distributions as dist
+from numpyro.distributions.util import cholesky_of_inverse
 
 from vingd.families.base import ExponentialFamily
 
@@ -88,7 +89,11 @@ class MultivariateNormal(ExponentialFamily):
         return finite & jnp.all(jnp.diagonal(chol) > 0)
 
     def to_numpyro(self, natural):
-        return dist.MultivariateNormal(self.loc(natural), precision_matrix=self.precision(natural))
+        """numpyro's `MultivariateNormal`, given its `scale_tril` (what it computes from a
+        `precision_matrix` too): its check of a precision by eigenvalues refuses one that this
+        family's Cholesky test accepts, at rounding level (a non-identified posterior's)."""
+        scale_tril = cholesky_of_inverse(self.precision(natural))
+        return dist.MultivariateNormal(self.loc(natural), scale_tril=scale_tril)
 
     def corrected_step(self, natural, direction, step_size):
         """iBLR (Lin, Schmidt & Khan 2020, eq. 9): S' = S + ρG + ½ρ²GS⁻¹G, m' = m + ρS'⁻¹ĝ.
