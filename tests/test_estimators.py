@@ -100,7 +100,7 @@ def test_hessian_estimator_is_exact_for_quadratic_log_density(family):
 def test_default_estimator_and_bad_names():
     assert default_estimator(DIAG, 10) == "hessian" and default_estimator(DIAG, 5000) == "hvp"
     assert default_estimator(DIAG, 5000, num_observations=500) == "ggn"
-    assert default_estimator(MVN, 10) == "hessian" and default_estimator(MVN, 5000) == "stein"
+    assert default_estimator(MVN, 10) == "hessian" and default_estimator(MVN, 5000) == "hessian"
     with pytest.raises(ValueError, match=r"estimator must be one of .*'hessian'.*got 'newton'"):
         get_estimator("newton")
     for name in ("hvp", "gradsq", "ggn"):

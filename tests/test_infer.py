@@ -392,6 +392,29 @@ def test_a_fit_whose_log_density_is_nan_on_part_of_q_warns_and_is_not_converged(
     assert not result.converged and result.num_declined > 0
 
 
+def test_full_covariance_in_hundreds_of_dimensions_reaches_the_exact_posterior():
+    """d = 210, a well-conditioned linear regression: the default (exact Hessians) lands on the
+    closed form. Stein's rank-16 curvature, the default above d = 200 before, ended 30–47 sd
+    off at d = 80–260 under adaptive ρ, with a stalled fit and a singular precision."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(600, 210))
+    y = X @ rng.normal(size=210) + rng.normal(size=600)
+
+    def regression(X, y):
+        beta = numpyro.sample("beta", dist.Normal(0.0, 1.0).expand([210]).to_event(1))
+        numpyro.sample("y", dist.Normal(X @ beta, 1.0), obs=y)
+
+    guide = vingd.AutoNaturalMVN(regression)
+    result = vingd.fit(regression, jnp.asarray(X), jnp.asarray(y), guide=guide, rng_key=0)
+    precision = X.T @ X + np.eye(210)
+    mean = np.linalg.solve(precision, X.T @ y)
+    sd = np.sqrt(np.diag(np.linalg.inv(precision)))
+    posterior = guide.get_posterior(result.params)
+    assert result.converged and result.estimator == "hessian"
+    assert np.max(np.abs(posterior.loc - mean) / sd) < 0.3
+    assert np.all(np.abs(np.sqrt(np.diag(posterior.covariance_matrix)) / sd - 1) < 0.15)
+
+
 def test_singular_directions_is_scale_free_and_finds_the_flat_direction():
     # a badly scaled but uncorrelated precision is not singular: units do not count
     kappa, loading = vingd.infer.singular_directions(np.diag([1e-8, 1.0, 1e8]), eps=1e-7)

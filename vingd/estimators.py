@@ -333,10 +333,11 @@ ESTIMATORS = {
 
 
 def default_estimator(family, dim: int, num_observations: int = 0) -> str:
-    """Exact Hessians while they are cheap; then O(d)-memory curvature: for mean-field and low
-    rank, the Gauss–Newton of the observations ("ggn", never indefinite; the empirical Fisher
-    for likelihoods without a known Fisher) when the likelihood has more than one observation
-    term, else Hutchinson's diagonal ("hvp") or Stein's ("stein")."""
+    """Exact Hessians while they are cheap (full covariance: always); then O(d)-memory
+    curvature: for mean-field and low rank, the Gauss–Newton of the observations ("ggn", never
+    indefinite; the empirical Fisher for likelihoods without a known Fisher) when the
+    likelihood has more than one observation term, else Hutchinson's diagonal ("hvp") or
+    Stein's ("stein")."""
     if _diagonal(family):
         if dim <= 100:
             return "hessian"
@@ -344,7 +345,10 @@ def default_estimator(family, dim: int, num_observations: int = 0) -> str:
     if isinstance(family, LowRankNormal) and dim > 200:
         # never indefinite, where Stein's needs halvings in high d
         return "ggn" if num_observations > 1 else "stein"
-    return "hessian" if dim <= 200 else "stein"
+    # full covariance at any d: Stein's curvature has rank ≤ num_samples, and in the hundreds of
+    # dimensions adaptive ρ from 0.5 let its noise wreck Λ (a d = 80–260 linear regression ended
+    # 30–47 sd off); the Hessian's d passes per draw cost less than that family's O(d³) anyway
+    return "hessian"
 
 
 _EVERY_GAUSSIAN = (DiagonalNormal, MultivariateNormal, LowRankNormal)

@@ -426,8 +426,9 @@ def flag_improper(result: FitResult, sites: list[str], how: str, dtype) -> FitRe
         f"vingd.fit: q's precision {how} along {', '.join(map(repr, sites))}, so q's spread "
         "there is set by rounding, not by the posterior: the posterior is improper or not "
         "identified there (a flat prior, or latents identified only through their sum or "
-        "difference), or nearly so. The fit is not reported converged. Give those latents "
-        "proper priors or reparameterise them"
+        "difference), or nearly so, unless a stall or divergence warned of above left q so. "
+        "The fit is not reported converged. Give those latents proper priors or "
+        "reparameterise them"
         + (
             " (or, for a proper posterior this ill-conditioned, enable float64: "
             "jax.config.update('jax_enable_x64', True))."
@@ -496,9 +497,9 @@ def fit(
             fixed ρ in (0, 1], or an optax schedule `step -> ρ`. ρ = 1 with the "hessian"
             estimator solves a conjugate Gaussian model in one step.
         estimator: "hessian", "hvp", "stein", "gradsq", "ggn" or "reparam"
-            (`vingd.estimators`); default "hessian" for small latent dimension, else "ggn"
-            (mean-field and low rank; "hvp" / "stein" for a likelihood without several
-            observation terms) or "stein" (full covariance). For `AutoExpFamily`:
+            (`vingd.estimators`); default "hessian" for full covariance and for small latent
+            dimension, else "ggn" (mean-field and low rank; "hvp" / "stein" for a likelihood
+            without several observation terms). For `AutoExpFamily`:
             "auto" (default; exact on conjugate and discrete sites) or "reparam".
         num_samples: draws per step: an even number (antithetic pairs), or 1 (one plain draw,
             the cheapest step; with a fixed `step_size` or a schedule).
@@ -692,8 +693,10 @@ def _run_fit(
             f"vingd.fit: {not_taken} of the last {last.loss.size} steps were declined by the ELBO "
             "check or rejected (no halving of ρ kept the parameters valid), so the fit stalled "
             f"(ρ = {float(last.step_size[-1]):.2g}) rather than converged; it is not reported "
-            "converged. Try another rng_key, init_params nearer the posterior, a fixed "
-            "step_size, or another estimator.",
+            "converged. Where even the shortest steps overshoot, the start is too far from the "
+            "posterior for the log density's curvature there (e.g. a log link with large "
+            "counts): start nearer it (init_loc_fn=numpyro.infer.init_to_value(values=...) or "
+            "init_params), or try another rng_key, a fixed step_size, or another estimator.",
             RuntimeWarning,
             stacklevel=3,
         )
