@@ -91,7 +91,11 @@ def validate_init_scale(init_scale) -> None:
     normal number in JAX's default float (else the start's precision is 0 or inf)."""
     info = np.finfo(jnp.result_type(float))
     low, high = 1 / math.sqrt(float(info.max)), 1 / math.sqrt(float(info.tiny))
-    if not is_real(init_scale) or not low < float(init_scale) < high:
+    try:  # (a real too large for a float: OverflowError)
+        valid = is_real(init_scale) and low < float(init_scale) < high
+    except OverflowError:
+        valid = False
+    if not valid:
         raise ValueError(
             f"init_scale must be a number between {low:.1e} and {high:.1e} (its precision "
             f"1/init_scale² finite and nonzero in {info.dtype}), got {init_scale!r}."

@@ -399,8 +399,8 @@ SINGULAR = 0.5
 def singular_directions(precision, eps: float) -> tuple[float, np.ndarray]:
     """(κ, loading): κ the condition number of Λ scaled to unit diagonal, D^-½ΛD^-½ (scale-free:
     a latent's units do not count, only correlation does), and per coordinate the squared
-    weight of the directions whose eigenvalue is within `eps`/`SINGULAR` of the largest (all
-    zero unless κ·`eps` ≥ `SINGULAR`)."""
+    weight of the directions whose eigenvalue is at most `eps`/`SINGULAR` times the largest
+    (all zero unless κ·`eps` ≥ `SINGULAR`)."""
     precision = np.asarray(precision, np.float64)
     scale = np.sqrt(np.abs(np.diag(precision)))
     values, vectors = np.linalg.eigh(precision / np.outer(scale, scale))
@@ -409,18 +409,19 @@ def singular_directions(precision, eps: float) -> tuple[float, np.ndarray]:
     return kappa, np.sum(vectors[:, flat] ** 2, axis=1)
 
 
-def collapsed(precision) -> np.ndarray:
-    """Where a Gaussian's precision has fallen to within 1/ε of the smallest normal number (its
-    dtype's): no posterior holds it there; only a flat direction, shrunk ×(1 − ρ) a step."""
-    info = jnp.finfo(jnp.result_type(precision))
-    return np.asarray(precision, np.float64) <= float(info.tiny) / float(info.eps)
+def collapse_floor(dtype) -> float:
+    """1/ε times the smallest normal number of `dtype`: a Gaussian's precision at or below it
+    is held by no posterior, only by a flat direction shrunk ×(1 − ρ) a step."""
+    info = jnp.finfo(dtype)
+    return float(info.tiny) / float(info.eps)
 
 
-def flag_improper(result: FitResult, sites: list[str], how: str, dtype) -> FitResult:
-    """`result` with `converged=False`, after a warning that q's precision `how` along `sites`:
-    an improper or non-identified posterior (a flat prior, latents identified only through
-    their sum) drives the precision there towards 0, each step by a factor 1 − ρ, until
-    rounding stops it and the ELBO looks settled."""
+def flag_improper(result: FitResult, sites: list[str], dtype, how: str | None = None):
+    """`result` with `converged=False`, after a warning that q's precision `how` (default: fell
+    below `collapse_floor`) along `sites`: an improper or non-identified posterior (a flat
+    prior, latents identified only through their sum) drives the precision there towards 0,
+    each step by a factor 1 − ρ, until rounding stops it and the ELBO looks settled."""
+    how = f"fell below {collapse_floor(dtype):.1g}" if how is None else how
     single = jnp.finfo(dtype).eps > np.finfo(np.float64).eps
     warnings.warn(
         f"vingd.fit: q's precision {how} along {', '.join(map(repr, sites))}, so q's spread "
@@ -442,31 +443,36 @@ def flag_improper(result: FitResult, sites: list[str], how: str, dtype) -> FitRe
 
 
 def _flag_flat(result: FitResult, guide) -> FitResult:
-    """`flag_improper` where the fitted Gaussian's precision is numerically singular
-    (`singular_directions`) or `collapsed` in a latent."""
+    """`flag_improper` where the fitted Gaussian's precision has collapsed in a latent
+    (`collapse_floor`: every such site is named) or, full covariance, is numerically singular
+    (`singular_directions`: the sites carrying 10% or more of the flat directions' weight)."""
     natural = guide.flatten(result.params)
     dtype = jnp.result_type(natural.eta2)
-    eps, tiny = float(jnp.finfo(dtype).eps), float(jnp.finfo(dtype).tiny)
-    precision = np.asarray(-2 * natural.eta2, np.float64)
-    if precision.ndim == 2:  # (full covariance; else a diagonal)
-        precision = 0.5 * (precision + precision.T)
+    if isinstance(guide.flat_family, MultivariateNormal):
+        precision = np.asarray(guide.flat_family.precision(natural), np.float64)
+        diagonal = np.diag(precision)
+    else:
+        precision = diagonal = -2 * np.asarray(natural.eta2, np.float64)
     if not np.all(np.isfinite(precision)):  # (a fit that ended invalid has said so)
         return result
-    diagonal = np.diag(precision) if precision.ndim == 2 else precision
-    loading = collapsed(diagonal.astype(dtype)).astype(float)
-    how = f"fell below {tiny / eps:.1g}"
-    if precision.ndim == 2 and not loading.any():
-        kappa, loading = singular_directions(precision, eps)
-        how = (
-            f"has condition number {kappa:.3g} (scaled to unit diagonal; "
-            f"{jnp.dtype(dtype).name} resolves up to ~{SINGULAR / eps:.1g})"
-        )
+    fallen = guide.unpack_latent((diagonal <= collapse_floor(dtype)).astype(float))
+    sites = [name for name, flags in fallen.items() if np.any(flags)]
+    if sites:
+        return flag_improper(result, sites, dtype)
+    if precision.ndim < 2:
+        return result
+    eps = float(jnp.finfo(dtype).eps)
+    kappa, loading = singular_directions(precision, eps)
     if not loading.any():
         return result
     share = {k: float(np.sum(v)) for k, v in guide.unpack_latent(loading).items()}
     total = sum(share.values())
     sites = [k for k, v in sorted(share.items(), key=lambda kv: -kv[1]) if v >= 0.1 * total]
-    return flag_improper(result, sites, how, dtype)
+    how = (
+        f"has condition number {kappa:.3g} (scaled to unit diagonal; "
+        f"{jnp.dtype(dtype).name} resolves up to ~{SINGULAR / eps:.1g})"
+    )
+    return flag_improper(result, sites, dtype, how)
 
 
 def fit(

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import numpyro
 import numpyro.distributions as dist
+from jax.extend.core import Var
 from numpyro import handlers
 from numpyro.infer.initialization import init_to_uniform
 
@@ -70,6 +71,7 @@ def check_model(model, args, kwargs, guide_name: str, guide_latents=None) -> Non
     - observed values that are NaN or infinite (the site is named);
     - discrete latent sites (`AutoExpFamily` fits those);
     - no latent sites at all;
+    - latent sites whose support is computed from other latents (`Uniform(lo, lo + 2)`);
     - with `guide_latents` (site -> shape, from a guide's set-up; `vingd.fit`): latent sites
       other than the guide's (a guide built for another model), and `numpyro.param` sites,
       which `fit` does not learn.
@@ -78,22 +80,26 @@ def check_model(model, args, kwargs, guide_name: str, guide_latents=None) -> Non
     """
     check = partial(_check_trace, guide_name=guide_name, guide_latents=guide_latents)
     latents = inspect_model(model, args, kwargs, check)
-    for name in _supports_set_by_latents(model, args, kwargs, latents):
+    moving = _supports_set_by_latents(model, args, kwargs, latents)
+    if moving:
         raise ValueError(
-            f"Latent site {name!r} has a support that depends on other latents; {guide_name} "
-            "maps each latent onto the support found at set-up, through one fixed bijection, so "
-            "its draws would leave the support the model then has. Give the site a fixed "
-            "support and transform it in the model instead: e.g. u = numpyro.sample('u', "
-            "dist.Uniform(0, 1)) and numpyro.deterministic(name, lo + (hi - lo) * u)."
+            f"Latent site(s) {', '.join(map(repr, moving))} have a support that depends on "
+            f"other latents; {guide_name} maps each latent onto the support found at set-up, "
+            "through one fixed bijection, so its draws would leave the support the model then "
+            "has. Give such a site a fixed support and transform it in the model instead: e.g. "
+            f"u = numpyro.sample('u', dist.Uniform(0, 1)) and numpyro.deterministic("
+            f"{moving[0]!r}, lo + (hi - lo) * u)."
         )
 
 
 def _supports_set_by_latents(model, args, kwargs, latents: dict) -> list[str]:
     """The latent sites (of `latents`: site -> ShapeDtypeStruct) whose support's parameters
-    are computed from latent values (`Uniform(lo, lo + 2)`): found by tracing the model with
-    the latents as inputs and following which outputs depend on them (nothing is compiled).
-    A support computed from the data alone does not count. A model that cannot be traced so
-    (Python control flow on a latent's value) is not judged."""
+    are computed from latent values: found by tracing the model with the latents as inputs
+    (jit inlined, nothing compiled) and following which outputs depend on them. A support
+    computed from the data alone does not count. Through control flow (`scan`, `cond`,
+    `while_loop`) every output counts as depending on every input, so a support that such a
+    loop computes from data and latents together is refused too. A model that cannot be
+    traced so (Python control flow on a latent's value) is not judged."""
     names = list(latents)
 
     def supports(values):
@@ -103,21 +109,28 @@ def _supports_set_by_latents(model, args, kwargs, latents: dict) -> list[str]:
         return [jax.tree.leaves(trace[name]["fn"].support) for name in names]
 
     try:
-        closed, shapes = jax.make_jaxpr(supports, return_shape=True)(latents)
+        with jax.disable_jit():
+            closed, shapes = jax.make_jaxpr(supports, return_shape=True)(latents)
     except Exception:  # (e.g. a concretization error: not this check's to report)
         return []
     dependent = set(closed.jaxpr.invars)
-    for eqn in closed.jaxpr.eqns:  # (an equation with a nested program counts as a whole)
-        if any(isinstance(v, jax.extend.core.Var) and v in dependent for v in eqn.invars):
+    for eqn in closed.jaxpr.eqns:
+        if any(isinstance(v, Var) and v in dependent for v in eqn.invars):
             dependent.update(eqn.outvars)
-    flags = iter(
-        isinstance(v, jax.extend.core.Var) and v in dependent for v in closed.jaxpr.outvars
-    )
+    flags = iter(isinstance(v, Var) and v in dependent for v in closed.jaxpr.outvars)
     return [
         name
         for name, leaves in zip(names, shapes, strict=True)
-        if any([next(flags) for _ in leaves])
+        if any([next(flags) for _ in leaves])  # (a list: the iterator is drained per site)
     ]
+
+
+def base_distribution(fn):
+    """`fn` without its `Independent`, `ExpandedDistribution` and `MaskedDistribution`
+    wrappers."""
+    while isinstance(fn, dist.Independent | dist.ExpandedDistribution | dist.MaskedDistribution):
+        fn = fn.base_dist
+    return fn
 
 
 @contextlib.contextmanager
@@ -160,11 +173,7 @@ def _invalid_sites(model, args, kwargs) -> list[str]:
     for name, site in trace.items():
         if site["type"] != "sample":
             continue
-        fn = site["fn"]
-        while isinstance(
-            fn, dist.Independent | dist.ExpandedDistribution | dist.MaskedDistribution
-        ):
-            fn = fn.base_dist
+        fn = base_distribution(site["fn"])
         invalid = [
             param
             for param, constraint in fn.arg_constraints.items()
@@ -220,11 +229,7 @@ def _check_trace(trace, guide_name: str, guide_latents=None) -> dict:
                     "out of it."
                 )
         if site["fn"].support.is_discrete:
-            base = site["fn"]
-            while isinstance(
-                base, dist.Independent | dist.ExpandedDistribution | dist.MaskedDistribution
-            ):
-                base = base.base_dist
+            base = base_distribution(site["fn"])
             marked = (
                 " (vingd does not enumerate: its infer={'enumerate': ...} is not used)"
                 if site["infer"].get("enumerate")
