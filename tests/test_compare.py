@@ -8,7 +8,7 @@ import pytest
 from conftest import linear_regression
 from matplotlib.figure import Figure
 
-from vingd import plots
+from vingd import clear_cache, plots
 from vingd.compare import Comparison, Method, compare, default_methods, reference_moments, smoothed
 from vingd_models.references import GaussianPosterior
 
@@ -46,6 +46,7 @@ def comparison(conjugate):
         Method("vingd", "meanfield", 300),
         Method("vingd", "mvn", 10, step_size=1.0),  # exact after one step
     ]
+    clear_cache()  # (compile seconds are checked: not a program another test compiled)
     return compare(
         linear_regression,
         conjugate.X,

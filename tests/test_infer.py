@@ -461,7 +461,9 @@ def test_an_improper_posterior_is_not_reported_converged():
     ]:
         with pytest.warns(RuntimeWarning, match=r"q's precision .* along .*improper") as caught:
             result = vingd.fit(model, y, guide=guide, rng_key=0)
-        (message,) = [str(w.message) for w in caught if "q's precision" in str(w.message)]
+        (warning,) = [w for w in caught if "q's precision" in str(w.message)]
+        assert warning.filename == __file__  # (the caller's line, on every guide's path)
+        message = str(warning.message)
         (named,) = re.findall(r"along ((?:'\w+'(?:, )?)+)", message)
         # (in float32, a's prior sd of 1e3 is beyond resolution too)
         assert flat <= set(re.findall(r"'(\w+)'", named)) <= {"a", "b", "c"}

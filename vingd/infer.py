@@ -62,6 +62,7 @@ import collections
 import contextlib
 import dataclasses
 import math
+import os
 import sys
 import time
 import warnings
@@ -92,6 +93,8 @@ from vingd.pytree import merge_arrays, split_arrays
 from vingd.validation import as_rng_key, check_model, is_integer, is_real
 
 GROW, SHRINK, DECAY, MIN_STEP_SIZE = 1.5, 0.5, 0.9, 1e-4
+#: fit's warnings point at the first caller outside vingd (`fit`, `compare`, the CLI, ...)
+_VINGD = (os.path.dirname(__file__) + os.sep,)
 #: adaptive ρ at or below which a step within the noise settles the fit, and its ceiling after
 SETTLE = 0.2
 
@@ -437,7 +440,7 @@ def flag_improper(result: FitResult, sites: list[str], dtype, how: str | None = 
             else "."
         ),
         RuntimeWarning,
-        stacklevel=4,
+        skip_file_prefixes=_VINGD,
     )
     return dataclasses.replace(result, converged=False)
 
@@ -671,7 +674,7 @@ def _run_fit(
             + ("the previous window's average" if bool(previous[1]) else "the last iterate")
             + ". Try a smaller step_size, more num_samples, or the adaptive default.",
             RuntimeWarning,
-            stacklevel=3,
+            skip_file_prefixes=_VINGD,
         )
         if bool(previous[1]):
             natural, averaged = previous[0], True
@@ -686,7 +689,7 @@ def _run_fit(
             "parameter that leaves a distribution's support, or a NaN in the data); the fit is "
             "not reported converged. Check the model there.",
             RuntimeWarning,
-            stacklevel=3,
+            skip_file_prefixes=_VINGD,
         )
     # steps not taken: declined by the ELBO check, or rejected (no valid halving). A window of
     # mostly those has a flat loss, which the verdict reads as settled (the only verdict it can
@@ -704,7 +707,7 @@ def _run_fit(
             "counts): start nearer it (init_loc_fn=numpyro.infer.init_to_value(values=...) or "
             "init_params), or try another rng_key, a fixed step_size, or another estimator.",
             RuntimeWarning,
-            stacklevel=3,
+            skip_file_prefixes=_VINGD,
         )
     return FitResult(
         params=unflatten(natural),
