@@ -7,10 +7,22 @@ import numpyro
 import numpyro.distributions as dist
 import pytest
 
+import vingd
+
 numpyro.enable_x64()
 
 NOISE_SD = 0.5
 PRIOR_SD = np.array([1.0, 1.0, 1.0, 2.0])  # w (3), b
+#: every vingd guide, for tests that hold for each
+EVERY_GUIDE = pytest.mark.parametrize(
+    "guide_class",
+    [
+        vingd.AutoNaturalNormal,
+        vingd.AutoNaturalMVN,
+        vingd.AutoNaturalLowRankMVN,
+        vingd.AutoExpFamily,
+    ],
+)
 
 
 def linear_regression(X, y=None):

@@ -6,7 +6,7 @@ import numpy as np
 import numpyro
 import numpyro.distributions as dist
 import pytest
-from conftest import linear_regression
+from conftest import EVERY_GUIDE, linear_regression
 from numpyro.infer import SVI, Trace_ELBO
 
 import vingd
@@ -120,15 +120,7 @@ def test_fit_needs_a_vingd_guide(conjugate):
         vingd.fit(linear_regression, conjugate.X, conjugate.y, guide=AutoNormal(linear_regression))
 
 
-@pytest.mark.parametrize(
-    "guide_class",
-    [
-        vingd.AutoNaturalNormal,
-        vingd.AutoNaturalMVN,
-        vingd.AutoNaturalLowRankMVN,
-        vingd.AutoExpFamily,
-    ],
-)
+@EVERY_GUIDE
 @pytest.mark.parametrize(
     "init_scale", [0.0, float("inf"), float("nan"), "0.1", 1e-200, 1e200, 10**400]
 )

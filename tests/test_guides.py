@@ -8,6 +8,7 @@ import numpy as np
 import numpyro
 import numpyro.distributions as dist
 import pytest
+from conftest import EVERY_GUIDE
 from numpyro.infer import SVI, Predictive, Trace_ELBO
 
 import vingd
@@ -103,15 +104,7 @@ def test_a_new_guide_given_saved_params_works_in_elbo_psis_datatree_and_predicti
     assert draws["mu"].shape == (200,) and abs(np.median(draws["mu"]) - median) < 2.0
 
 
-@pytest.mark.parametrize(
-    "guide_class",
-    [
-        vingd.AutoNaturalNormal,
-        vingd.AutoNaturalMVN,
-        vingd.AutoNaturalLowRankMVN,
-        vingd.AutoExpFamily,
-    ],
-)
+@EVERY_GUIDE
 def test_a_guide_never_run_says_how_to_set_it_up(guide_class):
     guide, result = fitted(guide_class, num_steps=5)
     fresh = guide_class(eight_schools)

@@ -46,7 +46,7 @@ from vingd.infer import (
     _run_fit,
     _scan_chunk,
     _validate,
-    collapse_floor,
+    collapsed_sites,
     flag_improper,
 )
 from vingd.optim import StepInfo, damped_step
@@ -274,17 +274,18 @@ def fit_exp_family(
         modes=tuple(modes.items()),
     )
     # (a Gaussian site's precision collapsed onto a flat direction: `infer.flag_improper`)
-    gaussian = {
-        n: result.params[s.param].eta2
-        for n, s in guide.sites.items()
-        if isinstance(s.family, DiagonalNormal)
-    }
-    flat = [
-        n
-        for n, eta2 in gaussian.items()
-        if np.any(-2 * np.asarray(eta2) <= collapse_floor(eta2.dtype))
-    ]
-    return flag_improper(result, flat, jnp.result_type(gaussian[flat[0]])) if flat else result
+    flat = collapsed_sites(
+        {
+            name: -2 * np.asarray(result.params[site.param].eta2)
+            for name, site in guide.sites.items()
+            if isinstance(site.family, DiagonalNormal)
+        }
+    )
+    if not flat:
+        return result
+    return flag_improper(
+        result, flat, jnp.result_type(result.params[guide.sites[flat[0]].param].eta2)
+    )
 
 
 __all__ = ["estimators_by_site", "fit_exp_family"]

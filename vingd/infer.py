@@ -419,6 +419,16 @@ def collapse_floor(dtype) -> float:
     return float(info.tiny) / float(info.eps)
 
 
+def collapsed_sites(precisions: dict) -> list[str]:
+    """The sites of `precisions` (site -> a Gaussian's elementwise precision) where it has
+    fallen to its dtype's `collapse_floor`."""
+    return [
+        name
+        for name, precision in precisions.items()
+        if np.any(np.asarray(precision) <= collapse_floor(jnp.result_type(precision)))
+    ]
+
+
 def flag_improper(result: FitResult, sites: list[str], dtype, how: str | None = None):
     """`result` with `converged=False`, after a warning that q's precision `how` (default: fell
     below `collapse_floor`) along `sites`: an improper or non-identified posterior (a flat
@@ -458,8 +468,7 @@ def _flag_flat(result: FitResult, guide) -> FitResult:
         precision = diagonal = -2 * np.asarray(natural.eta2, np.float64)
     if not np.all(np.isfinite(precision)):  # (a fit that ended invalid has said so)
         return result
-    fallen = guide.unpack_latent((diagonal <= collapse_floor(dtype)).astype(float))
-    sites = [name for name, flags in fallen.items() if np.any(flags)]
+    sites = collapsed_sites(guide.unpack_latent(diagonal.astype(dtype)))
     if sites:
         return flag_improper(result, sites, dtype)
     if precision.ndim < 2:
