@@ -559,3 +559,34 @@ def test_any_kind_of_key_gives_reproducible_fits(conjugate, make_key):
     np.testing.assert_array_equal(first.losses, again.losses)
     assert not np.array_equal(first.losses, other.losses)
     assert np.all(np.isfinite(first.losses))
+
+
+def poisson_log_link(x, y=None):
+    a = numpyro.sample("a", dist.Normal(0.0, 20.0))
+    b = numpyro.sample("b", dist.Normal(0.0, 1.0))
+    numpyro.sample("y", dist.Poisson(jnp.exp(a + b * x)), obs=y)
+
+
+@pytest.mark.parametrize("guide_type", [vingd.AutoNaturalMVN, vingd.AutoNaturalNormal])
+def test_a_start_far_out_on_a_log_link_still_reaches_the_posterior(guide_type):
+    """Counts ~10⁶ from the prior median a = 0: the Newton step on the log link overshoots by
+    ~10⁸ρ, so every step was declined at ρ's old floor of 10⁻⁴ (the fit stalled at the prior).
+    Against the Laplace approximation at the mode (exact to O(1/√Σy) here)."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=100)
+    y = rng.poisson(np.exp(14.0 + 0.1 * x)).astype(float)
+    theta = np.array([np.log(y.mean()), 0.0])  # Newton's method on the log posterior, from near
+    for _ in range(20):
+        rate = np.exp(theta[0] + theta[1] * x)
+        design = np.stack([np.ones_like(x), x])
+        grad = design @ (y - rate) - theta / np.array([20.0, 1.0]) ** 2
+        hess = (design * rate) @ design.T + np.diag(1 / np.array([20.0, 1.0]) ** 2)
+        theta = theta + np.linalg.solve(hess, grad)
+    sd = np.sqrt(np.diag(np.linalg.inv(hess)))
+    guide = guide_type(poisson_log_link)
+    result = vingd.fit(poisson_log_link, jnp.asarray(x), jnp.asarray(y), guide=guide)
+    assert result.converged
+    draws = guide.sample_posterior(jax.random.PRNGKey(1), result.params, sample_shape=(4000,))
+    for i, site in enumerate("ab"):
+        assert abs(draws[site].mean() - theta[i]) < 0.3 * sd[i], site
+        assert 0.8 < draws[site].std() / sd[i] < 1.25, site

@@ -92,7 +92,12 @@ from vingd.optim import StepInfo, damped_step, validate_step_size
 from vingd.pytree import merge_arrays, split_arrays
 from vingd.validation import as_rng_key, check_model, is_integer, is_real
 
-GROW, SHRINK, DECAY, MIN_STEP_SIZE = 1.5, 0.5, 0.9, 1e-4
+GROW, SHRINK, DECAY = 1.5, 0.5, 0.9
+#: adaptive ρ's floor. Low, as a start far out on a log link needs it: a Poisson GLM with counts
+#: ~10⁶ from the prior median moves its mean ρ·Σy/Λ ≈ 10⁸ρ a step (the gradient against q's
+#: precision), so every step overshot and was declined at a floor of 10⁻⁴; at 10⁻⁸ the fit
+#: finds a step that gains and ρ grows back ×1.5 a gain (counts up to ~10⁹ at `init_scale` 0.1)
+MIN_STEP_SIZE = 1e-8
 #: fit's warnings point at the first caller outside vingd (`fit`, `compare`, the CLI, ...)
 _VINGD = (os.path.dirname(__file__) + os.sep,)
 #: adaptive ρ at or below which a step within the noise settles the fit, and its ceiling after
