@@ -156,14 +156,14 @@ def test_fit_may_be_an_svi_result_or_params_but_not_anything_else(exact, conjuga
     guide, fit = exact
     svi_result = SVIRunResult(fit.params, None, fit.losses)  # what numpyro's SVI.run returns
     tree = diagnostics.to_datatree(
-        plated_regression, guide, svi_result, conjugate.X, conjugate.y, num_samples=20
+        plated_regression, guide, svi_result, conjugate.X, conjugate.y, num_samples=25
     )
     assert list(tree["sample_stats"].data_vars) == ["log_p", "log_q", "elbo"]
     params_only = diagnostics._unpack_fit(fit.params)
     assert params_only == (fit.params, {}, {})
     with pytest.raises(ValueError, match=r"fit must be a params dict or a result with `\.params`"):
         diagnostics.to_datatree(plated_regression, guide, [fit], conjugate.X, conjugate.y)
-    with pytest.raises(ValueError, match="num_samples must be an integer >= 10"):
+    with pytest.raises(ValueError, match="num_samples must be an integer >= 25"):
         diagnostics.psis_diagnostic(
             plated_regression, guide, fit.params, conjugate.X, conjugate.y, num_samples=5
         )

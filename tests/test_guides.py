@@ -9,6 +9,7 @@ import numpyro
 import numpyro.distributions as dist
 import pytest
 from conftest import EVERY_GUIDE
+from numpyro.contrib.control_flow import scan
 from numpyro.infer import SVI, Predictive, Trace_ELBO
 
 import vingd
@@ -67,6 +68,41 @@ def test_predictive_and_svi_work_unchanged(guide_class):
     run = svi.run(jax.random.PRNGKey(3), 200, SIGMA, Y, progress_bar=False)
     assert np.all(np.isfinite(run.losses))
     assert np.mean(run.losses[-20:]) < np.mean(run.losses[:20])
+
+
+def ar1(y):
+    """A state-space model written with numpyro's `scan` (a local latent per step)."""
+    phi = numpyro.sample("phi", dist.Normal(0.0, 0.5))
+    scale = numpyro.sample("scale", dist.HalfNormal(1.0))
+
+    def step(h, y_t):
+        h = numpyro.sample("h", dist.Normal(phi * h, scale))
+        numpyro.sample("y", dist.Normal(h, 0.3), obs=y_t)
+        return h, h
+
+    scan(step, jnp.zeros(()), y)
+
+
+@EVERY_GUIDE
+def test_a_scan_model_works_in_elbo_datatree_predictive_and_svi(guide_class):
+    """numpyro's `scan` takes np.shape of every site of a guide trace it replays, param sites
+    too (a full-covariance θ's fields differ in shape: ValueError, and traced fields cannot
+    become an array), and asks for a key in the compiled set-up (SVI's seed leaked a tracer)."""
+    y = jnp.sin(jnp.arange(12.0))
+    guide = guide_class(ar1)
+    result = vingd.fit(ar1, y, guide=guide, num_steps=10)
+    value, _ = vingd.elbo(ar1, guide, result.params, y, num_particles=100)
+    assert np.isfinite(value)
+    tree = vingd.to_datatree(ar1, guide, result.params, y, num_samples=25)
+    assert tree.posterior["h"].shape == (1, 25, 12)
+    predictive = Predictive(
+        ar1, guide=guide, params=result.params, num_samples=20, return_sites=["h"]
+    )
+    assert predictive(jax.random.PRNGKey(1), y)["h"].shape == (20, 12)
+    if guide_class is not vingd.AutoNaturalLowRankMVN:  # (fitted by `fit` only)
+        svi = SVI(ar1, guide_class(ar1), vingd.NGD(0.02), Trace_ELBO(num_particles=4))
+        run = svi.run(jax.random.PRNGKey(3), 20, y, progress_bar=False)
+        assert np.all(np.isfinite(run.losses))
 
 
 @pytest.mark.parametrize(

@@ -185,7 +185,10 @@ def _parser() -> argparse.ArgumentParser:
         "--estimator", choices=sorted(ESTIMATORS), help="∇_μ estimator (default: by guide and d)"
     )
     p.add_argument(
-        "--draws", type=_at_least(10), default=1000, help="posterior draws (default 1000)"
+        "--draws",
+        type=_at_least(diagnostics.MIN_DRAWS),
+        default=1000,
+        help="posterior draws (default 1000)",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="directory for posterior.nc, summary.csv and the plots")
@@ -199,7 +202,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--vingd-steps", type=_at_least(1), default=1000, help="the most vingd steps")
     p.add_argument("--adam-steps", type=_at_least(1), default=5000)
     p.add_argument("--lr", type=float, nargs="+", default=[3e-3, 1e-2, 3e-2], help="Adam rates")
-    p.add_argument("--draws", type=_at_least(10), default=2000, help="draws per fit for ELBO, PSIS")
+    p.add_argument(
+        "--draws",
+        type=_at_least(diagnostics.MIN_DRAWS),
+        default=2000,
+        help="draws per fit for ELBO, PSIS",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="directory for report.md and its plots")
     p.set_defaults(func=cmd_compare)

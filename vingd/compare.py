@@ -39,7 +39,7 @@ from numpyro.infer.autoguide import (
 )
 from numpyro.infer.initialization import init_to_median, init_to_value
 
-from vingd.diagnostics import PSIS, Draws, draw, verdict
+from vingd.diagnostics import MIN_DRAWS, PSIS, Draws, draw, verdict
 from vingd.estimators import get_estimator
 from vingd.guides import AutoNaturalLowRankMVN, AutoNaturalMVN, AutoNaturalNormal
 from vingd.infer import fit
@@ -438,8 +438,8 @@ def compare(
     methods = default_methods() if methods is None else tuple(methods)
     if not methods or not all(isinstance(m, Method) for m in methods):
         raise ValueError("methods must be a non-empty sequence of vingd.compare.Method objects.")
-    if not is_integer(num_draws) or num_draws < 10:  # (before the fits, not after them)
-        raise ValueError(f"num_draws must be an integer >= 10, got {num_draws!r}.")
+    if not is_integer(num_draws) or num_draws < MIN_DRAWS:  # (before the fits, not after them)
+        raise ValueError(f"num_draws must be an integer >= {MIN_DRAWS}, got {num_draws!r}.")
     moments = None if reference is None else reference_moments(reference, model, args, kwargs)
     rng_key = as_rng_key(rng_key)
     start_key, fit_key, draw_key = jax.random.split(rng_key, 3)

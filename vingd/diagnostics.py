@@ -67,11 +67,18 @@ class Draws(NamedTuple):
         return float(log_ratio.mean()), float(log_ratio.std() / np.sqrt(log_ratio.size))
 
 
+#: the fewest draws `draw` takes: PSIS fits its Pareto tail to ≥ 5 of them (arviz: S ≥ 25)
+MIN_DRAWS = 25
+
+
 def draw(model, guide, params, *args, num_samples: int = 1000, rng_key=None, **kwargs) -> Draws:
     """`num_samples` draws z_s ~ q (guide with `params`), each with log p(y, z_s) and log q(z_s)
     on the whole data (subsampled plates at full size: `vingd.log_joint.full_data`)."""
-    if not is_integer(num_samples) or num_samples < 10:
-        raise ValueError(f"num_samples must be an integer >= 10, got {num_samples!r}.")
+    if not is_integer(num_samples) or num_samples < MIN_DRAWS:
+        raise ValueError(
+            f"num_samples must be an integer >= {MIN_DRAWS} (PSIS fits a Pareto tail of at least "
+            f"5 draws), got {num_samples!r}."
+        )
     num_samples, rng_key = int(num_samples), as_rng_key(rng_key)
     check_params(model, guide, params, args, kwargs)
     model = full_data(model)  # (subsampled plates at full size)

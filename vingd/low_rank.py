@@ -25,10 +25,11 @@ import jax.scipy.linalg as jsl
 import numpyro.distributions as dist
 from numpyro.distributions import constraints
 
-from vingd.families.base import Stateless
+from vingd.families.base import Stateless, one_parameter
 from vingd.optim import StepInfo
 
 
+@one_parameter
 class LowRankNormalParams(NamedTuple):
     """(m, U, D): the mean and the precision's factors, Λ = UUᵀ + diag(D)."""
 

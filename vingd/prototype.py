@@ -58,9 +58,12 @@ def _initial_values(model, init_loc_fn, rng_key, static, arrays):
     values = {name: site["value"] for name, site in latent.items()}
     unconstrained = transform_fn(transforms, values, invert=True)
     plates = {k: s["value"] for k, s in trace.items() if s["type"] == "plate"}
-    energy, grad = jax.value_and_grad(
-        lambda z: potential_energy(handlers.substitute(model, plates), args, kwargs, z)
-    )(unconstrained)
+    # (seeded: a `scan` in the model asks for a key, which would otherwise come from a `seed`
+    # outside this program, e.g. SVI's, and leak its tracer there)
+    at_plates = handlers.seed(handlers.substitute(model, plates), rng_key)
+    energy, grad = jax.value_and_grad(lambda z: potential_energy(at_plates, args, kwargs, z))(
+        unconstrained
+    )
     valid = jnp.isfinite(energy) & jnp.all(jnp.isfinite(ravel_pytree(grad)[0]))
     return unconstrained, valid
 

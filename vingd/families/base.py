@@ -42,6 +42,15 @@ class Stateless:
         return f"{type(self).__name__}()"
 
 
+def one_parameter(params_type: type) -> type:
+    """Give a parameter NamedTuple `np.shape(θ) == ()`: it is one parameter, not an array.
+    numpyro's `scan` takes `np.shape` of every site's value in a guide trace it replays (param
+    sites too), which for a tuple of arrays is an array conversion: it fails on fields of
+    different shapes (a full-covariance θ) and on traced fields."""
+    params_type.shape = ()
+    return params_type
+
+
 class ExponentialFamily(Stateless, abc.ABC):
     """Base of vingd's exponential families.
 
@@ -57,7 +66,7 @@ class ExponentialFamily(Stateless, abc.ABC):
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         if not getattr(cls, "__abstractmethods__", None):
-            _FAMILY_OF_TYPE[cls.natural_type] = cls()
+            _FAMILY_OF_TYPE[one_parameter(cls.natural_type)] = cls()
 
     # -- what a family must say ---------------------------------------------------------
     @abc.abstractmethod
