@@ -58,11 +58,19 @@ def test_entropy_gradient_in_mean_parameters_is_minus_theta(family):
         np.testing.assert_allclose(g, -t, rtol=1e-7, atol=1e-9)
 
 
+def uniform_bernoulli(y):
+    """A Beta(1, 1) prior written as Uniform(0, 1): its support is an `interval(0, 1)`."""
+    p = numpyro.sample("p", dist.Uniform(0.0, 1.0))
+    with numpyro.plate("data", y.shape[0]):
+        numpyro.sample("y", dist.Bernoulli(p), obs=y)
+
+
 # -- conjugate models: exact, in one step ---------------------------------------------------
 @pytest.mark.parametrize(
     ("model", "y", "param", "exact"),
     [
         (beta_bernoulli, Y_BERNOULLI, "p_auto_natural", fam.BetaNatural(2 + 7 - 1, 3 + 3 - 1)),
+        (uniform_bernoulli, Y_BERNOULLI, "p_auto_natural", fam.BetaNatural(7.0, 3.0)),
         (gamma_poisson, Y_POISSON, "rate_auto_natural", fam.GammaNatural(2 + 27 - 1, -7.5)),
     ],
 )

@@ -7,6 +7,7 @@ import numpyro
 import numpyro.distributions as dist
 import pytest
 import scipy.stats
+from numpyro.distributions import constraints
 from numpyro.infer import SVI, Predictive, Trace_ELBO, TraceGraph_ELBO
 from numpyro.infer.initialization import init_to_uniform, init_to_value
 
@@ -91,6 +92,35 @@ def test_sample_posterior_gives_deterministic_sites_as_numpyros_guides_do():
     draws = guide.sample_posterior(jax.random.PRNGKey(0), params, y, sample_shape=(5,))
     assert set(draws) == {"mu", "twice"}  # as numpyro's AutoNormal
     np.testing.assert_allclose(draws["twice"], 2 * draws["mu"], rtol=1e-6)
+    with pytest.raises(TypeError, match=r"site\(s\) 'twice'.*needs its arguments: pass them"):
+        guide.sample_posterior(jax.random.PRNGKey(0), params, sample_shape=(5,))
+
+
+def test_the_default_start_is_the_exact_prior_median():
+    """As the Gaussian guides' (`vingd.initialization.init_to_median`): numpyro's takes the
+    median of 15 prior draws (a Normal(1, 2) latent started 0.5 off)."""
+    guide = vingd.AutoExpFamily(with_deterministic)
+    params = guide.init_params(jnp.array([0.5, 1.2, 0.1]))
+    prior = vingd.initialization.prior_median(dist.Normal(0.0, 3.0))
+    np.testing.assert_allclose(guide.sites["mu"].family.loc(params["mu_auto_natural"]), prior)
+
+
+@pytest.mark.parametrize(
+    ("support", "own", "same"),
+    [
+        (constraints.interval(0.0, 1.0), constraints.unit_interval, True),  # Uniform(0, 1)
+        (constraints.open_interval(0.0, 1.0), constraints.unit_interval, True),
+        (constraints.interval(jnp.zeros(2), jnp.ones(2)), constraints.unit_interval, True),
+        (constraints.interval(0.0, 2.0), constraints.unit_interval, False),
+        (constraints.greater_than(0.0), constraints.positive, True),
+        (constraints.softplus_positive, constraints.positive, True),
+        (constraints.nonnegative, constraints.positive, False),
+        (constraints.greater_than(1.0), constraints.positive, False),
+        (constraints.real, constraints.positive, False),
+    ],
+)
+def test_a_support_is_matched_as_a_set_not_by_identity(support, own, same):
+    assert vingd.expfam._same_set(support, own) is same
 
 
 def test_overrides_choose_families_and_mismatches_are_refused():

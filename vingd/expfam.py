@@ -44,7 +44,6 @@ from numpyro import handlers
 from numpyro.distributions import constraints
 from numpyro.infer import Predictive
 from numpyro.infer.autoguide import AutoGuide
-from numpyro.infer.initialization import init_to_median
 
 from vingd.families import (
     Bernoulli,
@@ -59,6 +58,7 @@ from vingd.families import (
     LogNormal,
 )
 from vingd.guides import needs_setup, validate_init_scale
+from vingd.initialization import init_to_median
 from vingd.validation import check_model, explained_invalid_parameters
 
 FAMILIES: dict[str, ExponentialFamily] = {
@@ -88,8 +88,32 @@ def _fits(name: str, support) -> bool:
         return not support.is_discrete
     if name == "categorical":
         return base is constraints.boolean or isinstance(base, constraints.integer_interval)
-    own = FAMILIES[name].support
-    return base is own or (own is constraints.positive and base is constraints.softplus_positive)
+    return _same_set(base, FAMILIES[name].support)
+
+
+def _same_set(support, own) -> bool:
+    """Whether `support` is the set `own`, however it was built: `Uniform(0, 1)`'s support is an
+    `interval(0, 1)`, not `unit_interval`; `greater_than(0)` and `softplus_positive` are
+    `positive` (closed bounds are kept apart: `nonnegative` is not `positive`)."""
+
+    def bounds(c):
+        if isinstance(c, constraints._Interval):
+            return "interval", c.lower_bound, c.upper_bound
+        if isinstance(c, constraints._GreaterThan) and not isinstance(
+            c, constraints._GreaterThanEq
+        ):
+            return "greater than", c.lower_bound
+        return None
+
+    if support is own:
+        return True
+    ours, theirs = bounds(support), bounds(own)
+    if ours is None or theirs is None or ours[0] != theirs[0]:
+        return False
+    try:
+        return all(np.all(np.asarray(a) == b) for a, b in zip(ours[1:], theirs[1:], strict=True))
+    except (jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError):
+        return False  # (bounds computed from latents: not a fixed set)
 
 
 def _default(support) -> str | None:
@@ -389,7 +413,17 @@ class AutoExpFamily(AutoGuide):
         predictive = Predictive(
             self.model, latents, return_sites=deterministic, batch_ndims=len(sample_shape)
         )
-        return {**latents, **predictive(keys[-1], *args, **kwargs)}
+        try:
+            return {**latents, **predictive(keys[-1], *args, **kwargs)}
+        except TypeError as error:
+            if args or kwargs:
+                raise
+            raise TypeError(
+                f"AutoExpFamily.sample_posterior runs the model for its deterministic site(s) "
+                f"{', '.join(map(repr, deterministic))}, and the model needs its arguments: "
+                f"pass them, guide.sample_posterior(rng_key, params, *args, sample_shape=...). "
+                f"(The model said: {error})"
+            ) from error
 
     @needs_setup
     def median(self, params):
