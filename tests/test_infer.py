@@ -107,11 +107,13 @@ def test_second_fit_with_same_shapes_does_not_recompile(rng_key):
 def test_progress_bar_shows_only_when_asked_and_longer_than_a_window(conjugate, capsys):
     guide = vingd.AutoNaturalMVN(linear_regression)
 
-    def bar(**settings):
-        vingd.fit(linear_regression, conjugate.X, conjugate.y, guide=guide, tol=None, **settings)
+    def bar(tol=None, **settings):
+        vingd.fit(linear_regression, conjugate.X, conjugate.y, guide=guide, tol=tol, **settings)
         return capsys.readouterr().err
 
     assert "vingd: 100%" in bar(num_steps=50, window=10, progress_bar=True)
+    # stopped early: the bar ends full at the steps taken, and says why
+    assert re.search(r"vingd: 100%.*\| (\d+)/\1 .*stopped=settled", bar(1e-4, progress_bar=True))
     assert bar(num_steps=10, window=10, progress_bar=True) == ""  # one window: a moment
     assert bar(num_steps=50, window=10, progress_bar=False) == ""
     assert bar(num_steps=50, window=10) == ""  # None: only on a terminal, and pytest's is not

@@ -633,6 +633,9 @@ class _NoBar:
     def set_postfix(self, **values):
         pass
 
+    def refresh(self):
+        pass
+
 
 def _run_fit(
     run_chunk,
@@ -673,9 +676,13 @@ def _run_fit(
             taken = int(state.count) - before
             chunks.append(jax.tree.map(lambda x, n=taken: np.asarray(x)[:n], stats))
             bar.update(taken)
-            bar.set_postfix(loss=f"{float(np.mean(chunks[-1].loss)):.4g}")
+            bar.set_postfix(loss=f"{float(np.mean(chunks[-1].loss)):.7g}")
             if tol is not None and len(chunks) >= 2 and taken == config.chunk:
                 verdict = window_verdict(chunks[-2].loss, chunks[-1].loss, tol)
+        if verdict != "improving":  # stopped before the cap: the bar ends full, saying why
+            bar.total = int(state.count)
+            bar.set_postfix(loss=f"{float(np.mean(chunks[-1].loss)):.7g}", stopped=verdict)
+            bar.refresh()
     natural, averaged = state.natural, False
     if verdict == "settled" and bool(average_valid):
         natural, averaged = average, True
@@ -686,7 +693,13 @@ def _run_fit(
             f"vingd.fit: the mean loss rose by {rise:.4g} over the last {config.chunk} steps, "
             "beyond the noise; stopped, returning "
             + ("the previous window's average" if bool(previous[1]) else "the last iterate")
-            + ". Try a smaller step_size, more num_samples, or the adaptive default.",
+            + (
+                ". Try more num_samples (adaptive ρ's ELBO check is as noisy as its draws) or "
+                "a small fixed step_size."
+                if config.step_size is None
+                else ". Try a smaller step_size, more num_samples, or the adaptive default "
+                "(step_size=None)."
+            ),
             RuntimeWarning,
             skip_file_prefixes=_VINGD,
         )
