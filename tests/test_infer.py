@@ -592,3 +592,18 @@ def test_a_start_far_out_on_a_log_link_still_reaches_the_posterior(guide_type):
     for i, site in enumerate("ab"):
         assert abs(draws[site].mean() - theta[i]) < 0.3 * sd[i], site
         assert 0.8 < draws[site].std() / sd[i] < 1.25, site
+
+
+def test_another_constant_step_size_reuses_the_compiled_program(conjugate):
+    """A constant ρ rides in the state (each value had compiled its own program)."""
+    guide = vingd.AutoNaturalMVN(linear_regression)
+    fits = [
+        vingd.fit(
+            linear_regression, conjugate.X, conjugate.y, guide=guide, step_size=rho, num_steps=3
+        )
+        for rho in (0.3, 0.7)
+    ]
+    assert fits[1].compile_seconds == 0.0
+    np.testing.assert_array_equal(fits[0].step_sizes, 0.3)
+    np.testing.assert_array_equal(fits[1].step_sizes, 0.7)
+    assert fits[0].losses[-1] != fits[1].losses[-1]

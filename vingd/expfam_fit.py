@@ -48,6 +48,7 @@ from vingd.infer import (
     _validate,
     collapsed_sites,
     flag_improper,
+    step_size_setting,
 )
 from vingd.optim import StepInfo, damped_step
 from vingd.pytree import merge_arrays, split_arrays
@@ -254,7 +255,7 @@ def fit_exp_family(
     all_exact = all(mode == "exact" for mode in modes.values())
     num_draws = 1 if all_exact else num_samples
 
-    rho0 = (1.0 if all_exact else guide.default_step_size) if step_size is None else 1.0
+    step_size, rho0 = step_size_setting(step_size, 1.0 if all_exact else guide.default_step_size)
     config = FitConfig(
         min(window, num_steps), step_size, estimator, num_draws, momentum, max_backoffs
     )

@@ -71,7 +71,6 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from numpyro import handlers
 from numpyro.infer import Trace_ELBO
 from tqdm import tqdm
@@ -109,7 +108,7 @@ class FitConfig:
     """The static settings of a fit (hashed into the compile cache)."""
 
     chunk: int
-    step_size: Any  # float, optax schedule, or None (adaptive)
+    step_size: Any  # None (adaptive), CONSTANT (ρ held in the state), or an optax schedule
     estimator: str
     num_samples: int
     momentum: float
@@ -123,7 +122,7 @@ class FitState(NamedTuple):
 
     natural: Any  # θ over the flat latent
     velocity: Any  # θ_t − θ_{t−1} (heavy ball)
-    step_size: jax.Array  # ρ (the adaptive one; ignored for fixed schedules)
+    step_size: jax.Array  # ρ (adaptive or constant; ignored for a schedule)
     count: jax.Array
     rng_key: jax.Array
     settled: jax.Array  # adaptive ρ has settled: steps are kept, ρ stays at most SETTLE
@@ -171,6 +170,21 @@ class FitResult:
     estimator: str
     compile_seconds: float  # 0.0 when the compiled chunk was reused
     run_seconds: float
+
+
+#: `FitConfig.step_size` for a constant ρ: its value rides in `FitState.step_size` (traced), so
+#: that another value reuses the compiled program
+CONSTANT = "constant"
+
+
+def step_size_setting(step_size, adaptive_start: float) -> tuple[Any, float]:
+    """(`FitConfig.step_size`, the state's starting ρ) for a validated `step_size`: None is
+    adaptive from `adaptive_start`; a number is `CONSTANT`; a schedule is itself."""
+    if step_size is None:
+        return None, adaptive_start
+    if callable(step_size):
+        return step_size, 1.0
+    return CONSTANT, step_size
 
 
 def _validate(num_steps, step_size, num_samples, max_backoffs, momentum, window, tol):
@@ -266,15 +280,11 @@ def _scan_chunk(propose, state, cap, config, is_valid, average=None):
     with `is_valid` of it (in the program: evaluated op by op, it would compile each operation).
     """
     adaptive = config.step_size is None
-    schedule = (
-        config.step_size
-        if callable(config.step_size) or adaptive
-        else optax.constant_schedule(config.step_size)
-    )
+    scheduled = callable(config.step_size)
 
     def step(state, keys):
         natural = state.natural
-        rho = state.step_size if adaptive else schedule(state.count)
+        rho = config.step_size(state.count) if scheduled else state.step_size
         trust = jnp.minimum(1, rho / config.initial_step_size) if adaptive else 1.0
         trust = jnp.where(state.settled, 1, trust)
         before, new, info, recheck = propose(natural, state.velocity, rho, trust, StepKeys(*keys))
@@ -591,7 +601,7 @@ def fit(
         estimator = default_estimator(family, dim, num_observations(model, args, kwargs))
     get_estimator(estimator, family)  # the name, and that it works with the guide
 
-    rho0 = guide.default_step_size if step_size is None else 1.0
+    step_size, rho0 = step_size_setting(step_size, guide.default_step_size)
     minibatches = subsamples(model, args, kwargs)
     # On a minibatch the mean-field Newton step E_B[∇²f]⁻¹E_B[∇f] is biased (the mean of a
     # ratio is not the ratio of the means: for log σ it is ½ − B/(2Σr²/σ²), so σ shrinks);
@@ -604,7 +614,7 @@ def fit(
         momentum,
         max_backoffs,
         newton_mean=not minibatches,
-        initial_step_size=rho0,
+        initial_step_size=rho0 if step_size is None else 1.0,  # (adaptive ρ's trust only)
     )
     result = _run_fit(
         _run_chunk,
