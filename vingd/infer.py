@@ -61,6 +61,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import functools
 import math
 import os
 import sys
@@ -626,6 +627,7 @@ def fit(
         tol=tol,
         progress_bar=progress_bar,
         unflatten=guide.unflatten,
+        shift=functools.partial(window_shift, family) if minibatches else None,
         model=model,
         guide=guide,
     )
@@ -647,6 +649,19 @@ class _NoBar:
         pass
 
 
+#: on minibatches, the most the returned average may move from the window before's (in q's own
+#: sds, `window_shift`) for the fit to be reported converged
+MINIBATCH_SHIFT = 0.5
+
+
+def window_shift(family, previous, last) -> float:
+    """max_i |m_i − m'_i| / sd_i: how far q's marginal means moved from the average `previous`
+    to the average `last`, in `last`'s marginal sds. Between two settled windows it is the Monte
+    Carlo error of one window's average (×√2), which minibatch noise can make many sds."""
+    before, now = family.to_numpyro(previous), family.to_numpyro(last)
+    return float(jnp.max(jnp.abs(now.mean - before.mean) / jnp.sqrt(now.variance)))
+
+
 def _run_fit(
     run_chunk,
     state,
@@ -658,11 +673,14 @@ def _run_fit(
     tol,
     progress_bar,
     unflatten,
+    shift=None,
     **settings,
 ) -> FitResult:
     """Compile `run_chunk(state, arrays, cap, config=, static=, **settings)` once (cached) and run
     it until `num_steps` or convergence (shared by every guide); the Polyak average is returned
-    where valid; `unflatten(θ)` gives the params dict."""
+    where valid; `unflatten(θ)` gives the params dict. With `shift(θ_previous, θ_last)`
+    (`window_shift`, on minibatches), a settled fit whose last two windows' averages differ by
+    more than `MINIBATCH_SHIFT` sds is at the minibatch noise floor: warned, not converged."""
     arrays, static = split_arrays((args, kwargs))
     cap = jnp.asarray(num_steps, jnp.int32)
     run, compile_seconds = _compiled(
@@ -732,26 +750,49 @@ def _run_fit(
     # mostly those has a flat loss, which the verdict reads as settled (the only verdict it can
     # be mistaken for: the others are not converged anyway).
     last = chunks[-1]
-    not_taken = int(np.sum(~last.accepted | (last.info.num_rejected > 0)))
+    rejected = last.info.num_rejected > 0
+    not_taken = int(np.sum(~last.accepted | rejected))
     stalled = verdict == "settled" and 2 * not_taken > last.loss.size
     if stalled and not nonfinite:  # (else: said above)
+        advice = (
+            "Most were rejected: every halving left the log density or its gradient non-finite "
+            "or the parameters invalid, so check the model where q goes: a density undefined "
+            "there, or unbounded along some direction (an improper posterior)."
+            if 2 * int(rejected.sum()) > not_taken
+            else "Where even the shortest steps overshoot, the start is too far from the "
+            "posterior for the log density's curvature there (e.g. a log link with large "
+            "counts): start nearer it (init_loc_fn=numpyro.infer.init_to_value(values=...) or "
+            "init_params), or try another rng_key, a fixed step_size, or another estimator."
+        )
         warnings.warn(
             f"vingd.fit: {not_taken} of the last {last.loss.size} steps were declined by the ELBO "
             "check or rejected (no halving of ρ kept the parameters valid), so the fit stalled "
             f"(ρ = {float(last.step_size[-1]):.2g}) rather than converged; it is not reported "
-            "converged. Where even the shortest steps overshoot, the start is too far from the "
-            "posterior for the log density's curvature there (e.g. a log link with large "
-            "counts): start nearer it (init_loc_fn=numpyro.infer.init_to_value(values=...) or "
-            "init_params), or try another rng_key, a fixed step_size, or another estimator.",
+            f"converged. {advice}",
             RuntimeWarning,
             skip_file_prefixes=_VINGD,
         )
+    moved = None
+    if shift is not None and averaged and bool(previous[1]) and not (nonfinite or stalled):
+        moved = shift(previous[0], natural)
+        if moved > MINIBATCH_SHIFT:
+            warnings.warn(
+                f"vingd.fit: on minibatches, q's means moved up to {moved:.3g} of its own sds "
+                f"between the last two windows' averages: the returned average is at the "
+                "minibatch noise floor, not converged (its error falls as √(N/(B·steps)) for N "
+                "observations in batches of B). For the full-data posterior use larger batches, "
+                "or a Robbins–Monro schedule run for many steps (more as N/B grows), e.g. "
+                "step_size=lambda t: 1 / (1 + t / 10), num_steps=..., tol=None, or the full data.",
+                RuntimeWarning,
+                skip_file_prefixes=_VINGD,
+            )
+    noisy = moved is not None and moved > MINIBATCH_SHIFT
     return FitResult(
         params=unflatten(natural),
         losses=stats.loss,
         step_sizes=stats.step_size,
         num_steps=int(state.count),
-        converged=verdict == "settled" and not nonfinite and not stalled,
+        converged=verdict == "settled" and not nonfinite and not stalled and not noisy,
         averaged=averaged,
         num_declined=int((~stats.accepted).sum()),
         num_corrected=int(stats.info.num_corrected.sum()),
