@@ -98,7 +98,7 @@ def test_sample_posterior_gives_deterministic_sites_as_numpyros_guides_do():
 
 def test_the_default_start_is_the_exact_prior_median():
     """As the Gaussian guides' (`vingd.initialization.init_to_median`): numpyro's takes the
-    median of 15 prior draws (a Normal(1, 2) latent started 0.5 off)."""
+    median of 15 prior draws (a Normal(0, 2) latent started at -1.5)."""
     guide = vingd.AutoExpFamily(with_deterministic)
     params = guide.init_params(jnp.array([0.5, 1.2, 0.1]))
     prior = vingd.initialization.prior_median(dist.Normal(0.0, 3.0))

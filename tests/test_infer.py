@@ -197,6 +197,29 @@ def test_a_window_of_declined_steps_is_a_stall_not_convergence(conjugate, monkey
     assert result.num_declined == result.num_steps and not result.converged
 
 
+def test_a_window_at_a_vanishing_step_size_is_frozen_not_converged(conjugate, monkeypatch):
+    """Steps all kept at ρ ~ 1e-5 (declines drove it down to its floor of 1e-8 and noise kept
+    it there) leave a flat loss too: not converged, whatever the steps' verdicts."""
+    real = vingd.infer._compiled
+
+    def frozen(run, traced, **static):
+        compiled, seconds = real(run, traced, **static)
+
+        def run_frozen(state, arrays, cap):
+            state, stats, average, valid = compiled(state, arrays, cap)
+            flat = jnp.full_like(stats.loss, 60.0)
+            tiny = jnp.full_like(stats.step_size, 1e-5)
+            return state, stats._replace(loss=flat, step_size=tiny), average, valid
+
+        return run_frozen, seconds
+
+    monkeypatch.setattr(vingd.infer, "_compiled", frozen)
+    guide = vingd.AutoNaturalNormal(linear_regression)
+    with pytest.warns(RuntimeWarning, match=r"ρ stayed below 0.001 over the last 25 steps"):
+        result = vingd.fit(linear_regression, conjugate.X, conjugate.y, guide=guide)
+    assert result.num_declined == 0 and not result.converged
+
+
 def minibatch_regression(X, y=None, batch_size=None):
     w = numpyro.sample("w", dist.Normal(0.0, 1.0).expand([X.shape[1]]).to_event(1))
     b = numpyro.sample("b", dist.Normal(0.0, 2.0))
@@ -275,7 +298,7 @@ def test_a_default_fit_on_minibatches_at_the_noise_floor_is_not_reported_converg
     y = 0.5 * x + 0.3 * jnp.asarray(rng.normal(size=200))
     guide = vingd.AutoNaturalMVN(noisy_regression)
     with pytest.warns(RuntimeWarning, match=r"on minibatches, q.s means moved .* noise floor"):
-        result = vingd.fit(noisy_regression, x, y, guide=guide, batch_size=5)
+        result = vingd.fit(noisy_regression, x, y, guide=guide, batch_size=5, rng_key=0)
     assert not result.converged and result.averaged
 
 

@@ -31,6 +31,7 @@ For exact coordinate-ascent steps on conditionally conjugate models see `vingd.c
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import warnings
 from contextlib import ExitStack
 from typing import Any
@@ -91,10 +92,21 @@ def _fits(name: str, support) -> bool:
     return _same_set(base, FAMILIES[name].support)
 
 
+def _takes_no_arguments(model) -> bool:
+    try:
+        inspect.signature(model).bind()
+    except TypeError:
+        return False
+    except ValueError:  # (no signature to read)
+        return True
+    return True
+
+
 def _same_set(support, own) -> bool:
     """Whether `support` is the set `own`, however it was built: `Uniform(0, 1)`'s support is an
     `interval(0, 1)`, not `unit_interval`; `greater_than(0)` and `softplus_positive` are
-    `positive` (closed bounds are kept apart: `nonnegative` is not `positive`)."""
+    `positive`. An interval's ends are compared as numbers (open or closed: a density on them
+    is the same), but `nonnegative`, which holds 0, is not `positive`."""
 
     def bounds(c):
         if isinstance(c, constraints._Interval):
@@ -114,6 +126,8 @@ def _same_set(support, own) -> bool:
         return all(np.all(np.asarray(a) == b) for a, b in zip(ours[1:], theirs[1:], strict=True))
     except (jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError):
         return False  # (bounds computed from latents: not a fixed set)
+    except ValueError:  # (bounds of shapes that do not broadcast)
+        return False
 
 
 def _default(support) -> str | None:
@@ -416,7 +430,7 @@ class AutoExpFamily(AutoGuide):
         try:
             return {**latents, **predictive(keys[-1], *args, **kwargs)}
         except TypeError as error:
-            if args or kwargs:
+            if args or kwargs or _takes_no_arguments(self.model):
                 raise
             raise TypeError(
                 f"AutoExpFamily.sample_posterior runs the model for its deterministic site(s) "

@@ -98,6 +98,9 @@ GROW, SHRINK, DECAY = 1.5, 0.5, 0.9
 #: precision), so every step overshot and was declined at a floor of 10⁻⁴; at 10⁻⁸ the fit
 #: finds a step that gains and ρ grows back ×1.5 a gain (counts up to ~10⁹ at `init_scale` 0.1)
 MIN_STEP_SIZE = 1e-8
+#: adaptive ρ below which over a whole window a flat loss is a frozen fit, not a converged one
+#: (settled fits hold ρ near `SETTLE`; no default fit of the models in `models/` went below 0.0125)
+FROZEN_STEP_SIZE = 1e-3
 #: fit's warnings point at the first caller outside vingd (`fit`, `compare`, the CLI, ...)
 _VINGD = (os.path.dirname(__file__) + os.sep,)
 #: adaptive ρ at or below which a step within the noise settles the fit, and its ceiling after
@@ -637,7 +640,7 @@ def fit(
 
 
 class _NoBar:
-    """tqdm's `update` and `set_postfix`, doing nothing."""
+    """tqdm's `update`, `set_postfix` and `refresh`, doing nothing (and a `total` to set)."""
 
     def update(self, n):
         pass
@@ -655,11 +658,13 @@ MINIBATCH_SHIFT = 0.5
 
 
 def window_shift(family, previous, last) -> float:
-    """max_i |m_i − m'_i| / sd_i: how far q's marginal means moved from the average `previous`
-    to the average `last`, in `last`'s marginal sds. Between two settled windows it is the Monte
-    Carlo error of one window's average (×√2), which minibatch noise can make many sds."""
+    """√(mean_i ((m_i − m'_i) / sd_i)²): how far q's marginal means moved from the average
+    `previous` to the average `last`, in `last`'s marginal sds, root mean square over the
+    latents (a maximum would grow as √(2 log d) with the noise alone). Between two settled
+    windows it is the Monte Carlo error of one window's average (×√2), which minibatch noise can
+    make many sds."""
     before, now = family.to_numpyro(previous), family.to_numpyro(last)
-    return float(jnp.max(jnp.abs(now.mean - before.mean) / jnp.sqrt(now.variance)))
+    return float(jnp.sqrt(jnp.mean((now.mean - before.mean) ** 2 / now.variance)))
 
 
 def _run_fit(
@@ -680,7 +685,7 @@ def _run_fit(
     it until `num_steps` or convergence (shared by every guide); the Polyak average is returned
     where valid; `unflatten(θ)` gives the params dict. With `shift(θ_previous, θ_last)`
     (`window_shift`, on minibatches), a settled fit whose last two windows' averages differ by
-    more than `MINIBATCH_SHIFT` sds is at the minibatch noise floor: warned, not converged."""
+    more than `MINIBATCH_SHIFT` sds (RMS) is at the minibatch noise floor: warned, not converged."""
     arrays, static = split_arrays((args, kwargs))
     cap = jnp.asarray(num_steps, jnp.int32)
     run, compile_seconds = _compiled(
@@ -704,12 +709,13 @@ def _run_fit(
             taken = int(state.count) - before
             chunks.append(jax.tree.map(lambda x, n=taken: np.asarray(x)[:n], stats))
             bar.update(taken)
-            bar.set_postfix(loss=f"{float(np.mean(chunks[-1].loss)):.7g}")
+            loss = f"{float(np.mean(chunks[-1].loss)):.7g}"
+            bar.set_postfix(loss=loss)
             if tol is not None and len(chunks) >= 2 and taken == config.chunk:
                 verdict = window_verdict(chunks[-2].loss, chunks[-1].loss, tol)
         if verdict != "improving":  # stopped before the cap: the bar ends full, saying why
             bar.total = int(state.count)
-            bar.set_postfix(loss=f"{float(np.mean(chunks[-1].loss)):.7g}", stopped=verdict)
+            bar.set_postfix(loss=loss, stopped=verdict)
             bar.refresh()
     natural, averaged = state.natural, False
     if verdict == "settled" and bool(average_valid):
@@ -752,23 +758,36 @@ def _run_fit(
     last = chunks[-1]
     rejected = last.info.num_rejected > 0
     not_taken = int(np.sum(~last.accepted | rejected))
-    stalled = verdict == "settled" and 2 * not_taken > last.loss.size
+    # adaptive ρ held far below its settled range over a window: the fit froze (a flat loss
+    # again), whatever the steps' verdicts
+    frozen = config.step_size is None and float(np.max(last.step_size)) < FROZEN_STEP_SIZE
+    stalled = verdict == "settled" and (2 * not_taken > last.loss.size or frozen)
     if stalled and not nonfinite:  # (else: said above)
-        advice = (
-            "Most were rejected: every halving left the log density or its gradient non-finite "
-            "or the parameters invalid, so check the model where q goes: a density undefined "
-            "there, or unbounded along some direction (an improper posterior)."
-            if 2 * int(rejected.sum()) > not_taken
-            else "Where even the shortest steps overshoot, the start is too far from the "
-            "posterior for the log density's curvature there (e.g. a log link with large "
-            "counts): start nearer it (init_loc_fn=numpyro.infer.init_to_value(values=...) or "
-            "init_params), or try another rng_key, a fixed step_size, or another estimator."
+        far = (
+            "Where even the shortest steps overshoot, the start is too far from the posterior "
+            "for the log density's curvature there (e.g. a log link with large counts): start "
+            "nearer it (init_loc_fn=numpyro.infer.init_to_value(values=...) or init_params), or "
+            "try another rng_key, a fixed step_size, or another estimator."
         )
+        if 2 * not_taken <= last.loss.size:  # frozen
+            what = f"adaptive ρ stayed below {FROZEN_STEP_SIZE:g} over the last {last.loss.size} "
+            what += "steps, so q hardly moved"
+            advice = far
+        else:
+            what = (
+                f"{not_taken} of the last {last.loss.size} steps were declined by the ELBO check "
+                "or rejected (no halving of ρ kept the parameters valid)"
+            )
+            advice = (
+                "Most were rejected: every halving left the gradient non-finite or the "
+                "parameters invalid, so check the model where q goes: a density undefined "
+                "there, or unbounded along some direction (an improper posterior)."
+                if 2 * int(rejected.sum()) > not_taken
+                else far
+            )
         warnings.warn(
-            f"vingd.fit: {not_taken} of the last {last.loss.size} steps were declined by the ELBO "
-            "check or rejected (no halving of ρ kept the parameters valid), so the fit stalled "
-            f"(ρ = {float(last.step_size[-1]):.2g}) rather than converged; it is not reported "
-            f"converged. {advice}",
+            f"vingd.fit: {what}, so the fit stalled (ρ = {float(last.step_size[-1]):.2g}) rather "
+            f"than converged; it is not reported converged. {advice}",
             RuntimeWarning,
             skip_file_prefixes=_VINGD,
         )
@@ -777,9 +796,10 @@ def _run_fit(
         moved = shift(previous[0], natural)
         if moved > MINIBATCH_SHIFT:
             warnings.warn(
-                f"vingd.fit: on minibatches, q's means moved up to {moved:.3g} of its own sds "
-                f"between the last two windows' averages: the returned average is at the "
-                "minibatch noise floor, not converged (its error falls as √(N/(B·steps)) for N "
+                f"vingd.fit: on minibatches, q's means moved by {moved:.3g} of its own sds (root "
+                "mean square over the latents) between the last two windows' averages: the fit "
+                "is still moving or at the minibatch noise floor, not converged (the noise of "
+                "the average falls as √(N/(B·steps)) for N "
                 "observations in batches of B). For the full-data posterior use larger batches, "
                 "or a Robbins–Monro schedule run for many steps (more as N/B grows), e.g. "
                 "step_size=lambda t: 1 / (1 + t / 10), num_steps=..., tol=None, or the full data.",

@@ -60,7 +60,7 @@ def _initial_values(model, init_loc_fn, rng_key, static, arrays):
     plates = {k: s["value"] for k, s in trace.items() if s["type"] == "plate"}
     # (seeded: a `scan` in the model asks for a key, which would otherwise come from a `seed`
     # outside this program, e.g. SVI's, and leak its tracer there)
-    at_plates = handlers.seed(handlers.substitute(model, plates), rng_key)
+    at_plates = handlers.seed(handlers.substitute(model, plates), jax.random.fold_in(rng_key, 1))
     energy, grad = jax.value_and_grad(lambda z: potential_energy(at_plates, args, kwargs, z))(
         unconstrained
     )

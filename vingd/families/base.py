@@ -46,7 +46,9 @@ def one_parameter(params_type: type) -> type:
     """Give a parameter NamedTuple `np.shape(θ) == ()`: it is one parameter, not an array.
     numpyro's `scan` takes `np.shape` of every site's value in a guide trace it replays (param
     sites too), which for a tuple of arrays is an array conversion: it fails on fields of
-    different shapes (a full-covariance θ) and on traced fields."""
+    different shapes (a full-covariance θ) and on traced fields. Only `shape` is given
+    (`np.ndim`, `np.size` still convert)."""
+    assert "shape" not in params_type._fields, params_type  # (a field would be shadowed)
     params_type.shape = ()
     return params_type
 
