@@ -285,10 +285,15 @@ def _scan_chunk(propose, state, cap, config, is_valid, average=None):
     """
     adaptive = config.step_size is None
     scheduled = callable(config.step_size)
+    constant = state.step_size  # (a constant ρ: loop-invariant, not carried)
 
     def step(state, keys):
         natural = state.natural
-        rho = config.step_size(state.count) if scheduled else state.step_size
+        if scheduled:
+            rho = config.step_size(state.count)
+        else:  # (a constant ρ read from the loop's input, not its carry: XLA hoists what it
+            # can then, and a carried ρ made the 2,049-weight BNN's "stein" step 20% slower)
+            rho = state.step_size if adaptive else constant
         trust = jnp.minimum(1, rho / config.initial_step_size) if adaptive else 1.0
         trust = jnp.where(state.settled, 1, trust)
         before, new, info, recheck = propose(natural, state.velocity, rho, trust, StepKeys(*keys))
