@@ -296,10 +296,10 @@ def test_a_default_fit_on_minibatches_at_the_noise_floor_is_not_reported_converg
     rng = np.random.default_rng(1)
     x = jnp.asarray(rng.normal(size=200))
     y = 0.5 * x + 0.3 * jnp.asarray(rng.normal(size=200))
-    guide = vingd.AutoNaturalMVN(noisy_regression)
-    with pytest.warns(RuntimeWarning, match=r"on minibatches, q.s means moved .* noise floor"):
-        result = vingd.fit(noisy_regression, x, y, guide=guide, batch_size=5, rng_key=0)
-    assert not result.converged and result.averaged
+    for guide in (vingd.AutoNaturalMVN(noisy_regression), vingd.AutoExpFamily(noisy_regression)):
+        with pytest.warns(RuntimeWarning, match=r"on minibatches, q.s means moved .* noise floor"):
+            result = vingd.fit(noisy_regression, x, y, guide=guide, batch_size=5, rng_key=0)
+        assert not result.converged and result.averaged
 
 
 def test_adaptive_step_grows_to_one_and_stops_early_on_a_conjugate_model(conjugate, rng_key):

@@ -50,6 +50,7 @@ from vingd.infer import (
     flag_improper,
     step_size_setting,
 )
+from vingd.log_joint import subsamples
 from vingd.optim import StepInfo, damped_step
 from vingd.pytree import merge_arrays, split_arrays
 from vingd.validation import as_rng_key, check_latents
@@ -270,6 +271,7 @@ def fit_exp_family(
         tol=tol,
         progress_bar=progress_bar,
         unflatten=dict,
+        shift=partial(_window_shift, guide) if subsamples(model, args, kwargs) else None,
         model=model,
         guide=guide,
         modes=tuple(modes.items()),
@@ -287,6 +289,22 @@ def fit_exp_family(
     return flag_improper(
         result, flat, jnp.result_type(result.params[guide.sites[flat[0]].param].eta2)
     )
+
+
+def _window_shift(guide, previous, last) -> float:
+    """`infer.window_shift` over every site's factor, root mean square over their elements
+    (moments a factor's numpyro distribution lacks, as a categorical's, are left out)."""
+    squares = []
+    for site in guide.sites.values():
+        before, now = (site.family.to_numpyro(x[site.param]) for x in (previous, last))
+        try:
+            square = (now.mean - before.mean) ** 2 / now.variance
+        except NotImplementedError:
+            continue
+        squares.append(np.ravel(np.asarray(square)))
+    squares = np.concatenate(squares) if squares else np.zeros(0)
+    squares = squares[np.isfinite(squares)]
+    return float(np.sqrt(np.mean(squares))) if squares.size else 0.0
 
 
 __all__ = ["estimators_by_site", "fit_exp_family"]
