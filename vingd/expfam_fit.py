@@ -271,7 +271,11 @@ def fit_exp_family(
         tol=tol,
         progress_bar=progress_bar,
         unflatten=dict,
-        shift=partial(_window_shift, guide) if subsamples(model, args, kwargs) else None,
+        factors=(
+            (lambda params: [s.family.to_numpyro(params[s.param]) for s in guide.sites.values()])
+            if subsamples(model, args, kwargs)
+            else None
+        ),
         model=model,
         guide=guide,
         modes=tuple(modes.items()),
@@ -289,22 +293,6 @@ def fit_exp_family(
     return flag_improper(
         result, flat, jnp.result_type(result.params[guide.sites[flat[0]].param].eta2)
     )
-
-
-def _window_shift(guide, previous, last) -> float:
-    """`infer.window_shift` over every site's factor, root mean square over their elements
-    (moments a factor's numpyro distribution lacks, as a categorical's, are left out)."""
-    squares = []
-    for site in guide.sites.values():
-        before, now = (site.family.to_numpyro(x[site.param]) for x in (previous, last))
-        try:
-            square = (now.mean - before.mean) ** 2 / now.variance
-        except NotImplementedError:
-            continue
-        squares.append(np.ravel(np.asarray(square)))
-    squares = np.concatenate(squares) if squares else np.zeros(0)
-    squares = squares[np.isfinite(squares)]
-    return float(np.sqrt(np.mean(squares))) if squares.size else 0.0
 
 
 __all__ = ["estimators_by_site", "fit_exp_family"]

@@ -61,7 +61,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
-import functools
 import math
 import os
 import sys
@@ -635,7 +634,7 @@ def fit(
         tol=tol,
         progress_bar=progress_bar,
         unflatten=guide.unflatten,
-        shift=functools.partial(window_shift, family) if minibatches else None,
+        factors=(lambda natural: [family.to_numpyro(natural)]) if minibatches else None,
         model=model,
         guide=guide,
     )
@@ -662,14 +661,23 @@ class _NoBar:
 MINIBATCH_SHIFT = 0.5
 
 
-def window_shift(family, previous, last) -> float:
+def window_shift(factors, previous, last) -> float:
     """√(mean_i ((m_i − m'_i) / sd_i)²): how far q's marginal means moved from the average
     `previous` to the average `last`, in `last`'s marginal sds, root mean square over the
-    latents (a maximum would grow as √(2 log d) with the noise alone). Between two settled
-    windows it is the Monte Carlo error of one window's average (×√2), which minibatch noise can
-    make many sds."""
-    before, now = family.to_numpyro(previous), family.to_numpyro(last)
-    return float(jnp.sqrt(jnp.mean((now.mean - before.mean) ** 2 / now.variance)))
+    latents (a maximum would grow as √(2 log d) with the noise alone); `factors(θ)` is q as a
+    list of numpyro distributions (moments one lacks, as a categorical's, are left out).
+    Between two settled windows it is the Monte Carlo error of one window's average (×√2),
+    which minibatch noise can make many sds."""
+    squares = []
+    for before, now in zip(factors(previous), factors(last), strict=True):
+        try:
+            square = (now.mean - before.mean) ** 2 / now.variance
+        except NotImplementedError:
+            continue
+        squares.append(np.ravel(np.asarray(square)))
+    squares = np.concatenate(squares) if squares else np.zeros(0)
+    squares = squares[np.isfinite(squares)]
+    return float(np.sqrt(np.mean(squares))) if squares.size else 0.0
 
 
 def _run_fit(
@@ -683,14 +691,15 @@ def _run_fit(
     tol,
     progress_bar,
     unflatten,
-    shift=None,
+    factors=None,
     **settings,
 ) -> FitResult:
     """Compile `run_chunk(state, arrays, cap, config=, static=, **settings)` once (cached) and run
     it until `num_steps` or convergence (shared by every guide); the Polyak average is returned
-    where valid; `unflatten(θ)` gives the params dict. With `shift(θ_previous, θ_last)`
-    (`window_shift`, on minibatches), a settled fit whose last two windows' averages differ by
-    more than `MINIBATCH_SHIFT` sds (RMS) is at the minibatch noise floor: warned, not converged."""
+    where valid; `unflatten(θ)` gives the params dict. With `factors` (θ -> q as numpyro
+    distributions; on minibatches), a settled fit whose last two windows' averages differ by
+    more than `MINIBATCH_SHIFT` sds (`window_shift`) is at the minibatch noise floor: warned,
+    not converged."""
     arrays, static = split_arrays((args, kwargs))
     cap = jnp.asarray(num_steps, jnp.int32)
     run, compile_seconds = _compiled(
@@ -796,10 +805,11 @@ def _run_fit(
             RuntimeWarning,
             skip_file_prefixes=_VINGD,
         )
-    moved = None
-    if shift is not None and averaged and bool(previous[1]) and not (nonfinite or stalled):
-        moved = shift(previous[0], natural)
-        if moved > MINIBATCH_SHIFT:
+    noisy = False
+    if factors is not None and averaged and bool(previous[1]) and not (nonfinite or stalled):
+        moved = window_shift(factors, previous[0], natural)
+        noisy = moved > MINIBATCH_SHIFT
+        if noisy:
             warnings.warn(
                 f"vingd.fit: on minibatches, q's means moved by {moved:.3g} of its own sds (root "
                 "mean square over the latents) between the last two windows' averages: the fit "
@@ -811,7 +821,6 @@ def _run_fit(
                 RuntimeWarning,
                 skip_file_prefixes=_VINGD,
             )
-    noisy = moved is not None and moved > MINIBATCH_SHIFT
     return FitResult(
         params=unflatten(natural),
         losses=stats.loss,
