@@ -106,6 +106,9 @@ def test_log_prob_entropy_kl_match_numpyro(family, seed, d):
     np.testing.assert_allclose(family.entropy(theta), derived, rtol=1e-9, atol=1e-9)
     kl = dist.kl_divergence(q, p)
     np.testing.assert_allclose(family.kl_divergence(theta, other), kl, rtol=1e-8, atol=1e-9)
+    means, variances = family.marginals(theta)  # (fit's Monte Carlo error is in these units)
+    np.testing.assert_allclose(means, jnp.broadcast_to(q.mean, (d,)), rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(variances, q.variance, rtol=1e-9, atol=1e-9)
 
 
 @families

@@ -47,6 +47,7 @@ from vingd.infer import (
     _scan_chunk,
     _validate,
     collapsed_sites,
+    factor_marginals,
     flag_improper,
     step_size_setting,
 )
@@ -66,6 +67,11 @@ def _entropy(guide, naturals) -> jax.Array:
 
 def _is_valid(guide, params) -> jax.Array:
     return jnp.all(jnp.stack([s.family.is_valid(params[s.param]) for s in guide.sites.values()]))
+
+
+def _q(guide, params) -> list:
+    """q's factors as numpyro distributions."""
+    return [s.family.to_numpyro(params[s.param]) for s in guide.sites.values()]
 
 
 def _run_chunk(state, arrays, cap, *, model, guide, config, static, modes):
@@ -135,7 +141,14 @@ def _run_chunk(state, arrays, cap, *, model, guide, config, static, modes):
         info = StepInfo(*(sum(x) for x in zip(*infos, strict=True)))
         return value + entropy, new, info, recheck
 
-    return _scan_chunk(propose, state, cap, config, partial(_is_valid, guide))
+    return _scan_chunk(
+        propose,
+        state,
+        cap,
+        config,
+        partial(_is_valid, guide),
+        lambda params: factor_marginals(_q(guide, params)),
+    )
 
 
 def _affine_sites(params, arrays, *, model, guide, static, names):
@@ -214,6 +227,7 @@ def fit_exp_family(
     momentum,
     tol,
     window,
+    mcse,
     rng_key,
     init_params,
     max_backoffs,
@@ -229,7 +243,7 @@ def fit_exp_family(
     """
     momentum = guide.default_momentum if momentum is None else momentum
     num_steps, step_size = _validate(
-        num_steps, step_size, num_samples, max_backoffs, momentum, window, tol
+        num_steps, step_size, num_samples, max_backoffs, momentum, window, tol, mcse
     )
     estimator = "auto" if estimator is None else estimator
     if estimator not in ESTIMATORS:
@@ -271,11 +285,8 @@ def fit_exp_family(
         tol=tol,
         progress_bar=progress_bar,
         unflatten=dict,
-        factors=(
-            (lambda params: [s.family.to_numpyro(params[s.param]) for s in guide.sites.values()])
-            if subsamples(model, args, kwargs)
-            else None
-        ),
+        mcse=mcse,
+        minibatches=bool(subsamples(model, args, kwargs)),
         model=model,
         guide=guide,
         modes=tuple(modes.items()),

@@ -39,13 +39,15 @@ Each step, on the guide's family over the flat unconstrained latent vector,
   1 nat over 13 posteriors, 8 keys each: the same, medians summing to 196 against 193.5);
 - momentum (heavy ball, β): θ_{t+1} = θ_t + ρ d_t + β(θ_t − θ_{t−1}), restarted on a drop (as
   in adaptive-restart acceleration), for large mean-field fits without exact Hessians;
-- stopping: after each chunk of `window` steps, stop when the mean loss improved less than
-  max(`tol`·|loss|, 2 standard errors) since the previous chunk; then return the average of θ
-  over that last chunk (Polyak averaging in natural parameters): settled at ρ = `SETTLE`, it
-  has the Monte Carlo error of the mean of about `window` steps' targets, 1.8× below the last
-  iterate's (tested on a skewed posterior whose Gaussian optimum is exact). A rise beyond the
-  noise (`window_verdict`) is divergence: the fit stops with a warning and returns the
-  previous chunk's average, `converged=False`;
+- stopping: after each chunk of `window` steps, the fit has settled when the mean loss
+  improved less than max(`tol`·|loss|, 2 standard errors) since the previous chunk; then it
+  averages θ over that chunk and the next (Polyak averaging in natural parameters) until the
+  average's Monte Carlo error, from how far each window's average moved from the one before,
+  is at most `mcse` sds of q, and returns the average. Settled at ρ = `SETTLE`, one window's
+  average has the Monte Carlo error of the mean of about `window` steps' targets, 1.8× below
+  the last iterate's (tested on a skewed posterior whose Gaussian optimum is exact). A rise
+  beyond the noise (`window_verdict`) is divergence: the fit stops with a warning and returns
+  the latest valid average before it, `converged=False`;
 - minibatches: the model is re-seeded each step, so `numpyro.plate(..., subsample_size=B)` draws
   a fresh minibatch and scales its log likelihood by N/B: unbiased natural-gradient steps (mean
   field without its Newton mean step there: one minibatch's E_B[∇²f]⁻¹E_B[∇f] is biased).
@@ -129,6 +131,10 @@ class FitState(NamedTuple):
     count: jax.Array
     rng_key: jax.Array
     settled: jax.Array  # adaptive ρ has settled: steps are kept, ρ stays at most SETTLE
+    # the Polyak average of θ and the steps in it: each chunk averages its steps into it (not
+    # carried through the chunk's loop); `_run_fit` sets `averaged` to 0 to start it afresh
+    average: Any = None
+    averaged: jax.Array | None = None
 
     @classmethod
     def start(cls, natural, step_size, rng_key) -> FitState:
@@ -136,7 +142,8 @@ class FitState(NamedTuple):
         dtype = jnp.result_type(*jax.tree.leaves(natural))
         velocity = jax.tree.map(np.zeros_like, natural)  # (host arrays: nothing to compile)
         rho = np.asarray(step_size, dtype)
-        return cls(natural, velocity, rho, np.int32(0), rng_key, np.bool_(False))
+        zero = np.zeros((), dtype)
+        return cls(natural, velocity, rho, np.int32(0), rng_key, np.bool_(False), natural, zero)
 
 
 class StepKeys(NamedTuple):
@@ -165,7 +172,8 @@ class FitResult:
     step_sizes: np.ndarray
     num_steps: int
     converged: bool
-    averaged: bool  # params are the Polyak average over the last window
+    averaged: bool  # params are the Polyak average over the settled windows
+    mcse: float  # its Monte Carlo error in q's sds, RMS over the latents (NaN if not averaged)
     num_declined: int  # steps the ELBO check declined (adaptive ρ)
     num_corrected: int  # steps needing the iBLR correction to stay in the domain
     num_backoffs: int
@@ -190,7 +198,7 @@ def step_size_setting(step_size, adaptive_start: float) -> tuple[Any, float]:
     return CONSTANT, step_size
 
 
-def _validate(num_steps, step_size, num_samples, max_backoffs, momentum, window, tol):
+def _validate(num_steps, step_size, num_samples, max_backoffs, momentum, window, tol, mcse):
     """`ValueError` for a bad setting; else (num_steps, step_size) as Python numbers."""
     if not is_integer(num_steps) or num_steps < 1:
         raise ValueError(f"num_steps must be an integer >= 1, got {num_steps!r}.")
@@ -210,6 +218,11 @@ def _validate(num_steps, step_size, num_samples, max_backoffs, momentum, window,
         raise ValueError(f"window must be an integer >= 2, got {window!r}.")
     if tol is not None and (not is_real(tol) or not tol >= 0):
         raise ValueError(f"tol must be a number >= 0, or None to run all num_steps; got {tol!r}.")
+    if mcse is not None and (not is_real(mcse) or not mcse >= 0):
+        raise ValueError(
+            f"mcse must be a number >= 0 (a Monte Carlo error in q's sds), or None to return "
+            f"the first settled window's average; got {mcse!r}."
+        )
     return int(num_steps), step_size
 
 
@@ -266,11 +279,43 @@ def _run_chunk(state, arrays, cap, *, model, guide, config, static):
 
     # where averaging the parameters themselves is meaningless, the family averages
     return _scan_chunk(
-        propose, state, cap, config, family.is_valid, getattr(family, "average", None)
+        propose,
+        state,
+        cap,
+        config,
+        family.is_valid,
+        family.marginals,
+        getattr(family, "average", None),
     )
 
 
-def _scan_chunk(propose, state, cap, config, is_valid, average=None):
+def factor_marginals(factors) -> tuple[jax.Array, jax.Array]:
+    """(means, variances) of q's `factors` (numpyro distributions), each flattened and
+    concatenated; moments a factor lacks (a categorical's) are left out."""
+    means, variances = [jnp.zeros(0)], [jnp.zeros(0)]
+    for q in factors:
+        try:
+            mean, variance = q.mean, q.variance
+        except NotImplementedError:
+            continue
+        shape = q.batch_shape + q.event_shape
+        means.append(jnp.ravel(jnp.broadcast_to(mean, shape)))
+        variances.append(jnp.ravel(jnp.broadcast_to(variance, shape)))
+    return jnp.concatenate(means), jnp.concatenate(variances)
+
+
+def marginal_shift(previous, last) -> float:
+    """√(mean_i ((m_i − m'_i) / sd_i)²): how far q's marginal means moved from `previous` to
+    `last` (each (means, variances)), in `last`'s sds, root mean square over the latents (a maximum
+    would grow as √(2 log d) with the noise alone). Between two windows' averages at the same
+    stationary point it is √2 times the Monte Carlo error of one window's average."""
+    (before, _), (now, variance) = (tuple(map(np.asarray, m)) for m in (previous, last))
+    squares = (now - before) ** 2 / variance
+    squares = squares[np.isfinite(squares)]
+    return float(np.sqrt(np.mean(squares))) if squares.size else float("nan")
+
+
+def _scan_chunk(propose, state, cap, config, is_valid, marginals, average=None):
     """`config.chunk` steps under `lax.scan`; steps at or past `cap` leave the state alone.
 
     The loop shared by every guide: `propose(θ, velocity, ρ, τ, keys)` (τ in (0, 1]: the trust
@@ -280,7 +325,10 @@ def _scan_chunk(propose, state, cap, config, is_valid, average=None):
     (`keys.check`), the entropy change, and the log joints at θ. Around it: ρ (adaptive, with
     the common-random-numbers ELBO check and the settled phase of the module docstring, or
     scheduled), heavy-ball velocity, and the Polyak average of θ over the chunk's active steps,
-    with `is_valid` of it (in the program: evaluated op by op, it would compile each operation).
+    merged into `state.average` (weighted by the steps in each; `average(stacked, weights)`
+    where the family averages its own way); returned with the window's `marginals(θ)` (q's
+    means and variances) and `is_valid` of the merged average (in the program: evaluated op
+    by op, it would compile each operation).
     """
     adaptive = config.step_size is None
     scheduled = callable(config.step_size)
@@ -342,15 +390,24 @@ def _scan_chunk(propose, state, cap, config, is_valid, average=None):
     # run (and compiled) apart
     key, chunk_key = jax.random.split(state.rng_key)
     keys = jax.random.split(chunk_key, (config.chunk, len(StepKeys._fields)))
+    polyak, averaged = state.average, state.averaged
+    state = state._replace(average=None, averaged=None)  # (not carried through the loop)
     state, (stats, naturals, active) = jax.lax.scan(step, state, keys)
-    state = state._replace(rng_key=key)
+
     # the mean of θ over the chunk's active steps: Polyak averaging in natural parameters
-    weights = active / jnp.maximum(active.sum(), 1)
-    if average is not None:
-        mean = average(naturals, weights)
-    else:
-        mean = jax.tree.map(lambda x: jnp.tensordot(weights, x, axes=1), naturals)
-    return state, stats, mean, is_valid(mean)
+    def mean(stacked, weights):
+        if average is not None:
+            return average(stacked, weights)
+        return jax.tree.map(lambda x: jnp.tensordot(weights, x, axes=1), stacked)
+
+    taken = active.sum().astype(averaged.dtype)
+    window = mean(naturals, active / jnp.maximum(taken, 1))
+    total = averaged + taken
+    share = averaged / jnp.maximum(total, 1)  # (0 where the average starts afresh)
+    both = jax.tree.map(lambda a, b: jnp.stack([a, b]), polyak, window)
+    merged = mean(both, jnp.stack([share, 1 - share]))
+    state = state._replace(rng_key=key, average=merged, averaged=total)
+    return state, stats, marginals(window), is_valid(merged)
 
 
 _COMPILED: collections.OrderedDict = collections.OrderedDict()
@@ -403,17 +460,28 @@ def window_verdict(previous: np.ndarray, last: np.ndarray, tol: float) -> str:
 
     The standard error takes the spread of the quieter window: a transient (the first steps
     from a far start) widens a window's spread without being noise, and once let a fit that was
-    still gaining 6 nats a step stop (posteriordb sblrc, mean field). Non-finite losses are
-    left out; with fewer than two finite ones in a window, "improving" (nothing to judge)."""
+    still gaining 6 nats a step stop (posteriordb sblrc, mean field). A rise is "worse" only
+    where it stays beyond 4 s.e. with each window's largest loss left out: one wild estimate in
+    a window of a settled fit (eight schools' funnel: a 16-draw loss 6–18 nats above the rest)
+    moved the mean by 4 s.e. and stopped 1 in 200 default fits as diverging, while a divergence
+    raises several (a median would miss one that starts late in the window). Non-finite losses
+    are left out; with fewer than two finite ones in a window, "improving" (nothing to judge)."""
     previous, last = previous[np.isfinite(previous)], last[np.isfinite(last)]
     if min(previous.size, last.size) < 2:
         return "improving"
-    improvement = previous.mean() - last.mean()
-    spread = min(previous.var(ddof=1), last.var(ddof=1))
-    se = math.sqrt(spread / previous.size + spread / last.size)
     floor = tol * abs(last.mean())
+
+    def change(previous, last):  # the fall in mean loss, and its standard error
+        spread = min(previous.var(ddof=1), last.var(ddof=1))
+        return previous.mean() - last.mean(), math.sqrt(spread / previous.size + spread / last.size)
+
+    improvement, se = change(previous, last)
     if improvement > 0 and improvement >= max(floor, 2 * se):  # (a constant loss is settled)
         return "improving"
+    if -improvement <= max(floor, 4 * se):
+        return "settled"
+    if min(previous.size, last.size) > 2:  # the rise without each window's largest loss
+        improvement, se = change(np.sort(previous)[:-1], np.sort(last)[:-1])
     return "worse" if -improvement > max(floor, 4 * se) else "settled"
 
 
@@ -521,6 +589,7 @@ def fit(
     momentum: float | None = None,
     tol: float | None = 1e-4,
     window: int = 25,
+    mcse: float | None = 0.02,
     rng_key=None,
     init_params: dict | None = None,
     max_backoffs: int = 10,
@@ -545,11 +614,17 @@ def fit(
         num_samples: draws per step: an even number (antithetic pairs), or 1 (one plain draw,
             the cheapest step; with a fixed `step_size` or a schedule).
         momentum: heavy-ball β in [0, 1); default `guide.default_momentum`.
-        tol: stop once a window's mean loss improves by less than max(tol·|loss|, 2 s.e.)
-            and return the window's average; a rise of more than max(tol·|loss|, 4 s.e.)
-            stops too, with a `RuntimeWarning` (diverging), returning the previous window's.
-            None runs all `num_steps` and returns the last iterate.
+        tol: a window's mean loss that improves by less than max(tol·|loss|, 2 s.e.) has
+            settled: the fit averages that window and the next (Polyak averaging, `mcse`) and
+            returns the average; a rise of more than max(tol·|loss|, 4 s.e.) stops it, with a
+            `RuntimeWarning` (diverging), returning the latest valid average before. None runs all
+            `num_steps` and returns the last iterate.
         window: steps per chunk (convergence check and Polyak averaging).
+        mcse: once settled, windows are averaged in until the Monte Carlo standard error of
+            the average's means is at most `mcse` of q's sds (root mean square over the
+            latents, estimated from the windows' averages; `FitResult.mcse`), or `num_steps`.
+            None (or a large value) returns the first settled window's average, as do fits
+            on minibatches (whose full-data answer needs a Robbins–Monro schedule).
         rng_key: a `jax.random` key, or an integer seed (default `PRNGKey(0)`).
         init_params: parameters to start from (e.g. a previous fit's), else the guide's init.
         max_backoffs: halvings of a step tried before it is rejected.
@@ -570,6 +645,7 @@ def fit(
             momentum=momentum,
             tol=tol,
             window=window,
+            mcse=mcse,
             rng_key=rng_key,
             init_params=init_params,
             max_backoffs=max_backoffs,
@@ -579,7 +655,7 @@ def fit(
     guide = flat_view_of(guide)
     momentum = guide.default_momentum if momentum is None else momentum
     num_steps, step_size = _validate(
-        num_steps, step_size, num_samples, max_backoffs, momentum, window, tol
+        num_steps, step_size, num_samples, max_backoffs, momentum, window, tol, mcse
     )
     init_key, run_key = jax.random.split(as_rng_key(rng_key))
     initial = initial_params(guide, init_key, *args, **kwargs)  # (sets the guide up)
@@ -632,9 +708,10 @@ def fit(
         config=config,
         num_steps=num_steps,
         tol=tol,
+        mcse=mcse,
         progress_bar=progress_bar,
         unflatten=guide.unflatten,
-        factors=(lambda natural: [family.to_numpyro(natural)]) if minibatches else None,
+        minibatches=bool(minibatches),
         model=model,
         guide=guide,
     )
@@ -656,28 +733,23 @@ class _NoBar:
         pass
 
 
-#: on minibatches, the most the returned average may move from the window before's (in q's own
-#: sds, `window_shift`) for the fit to be reported converged
-MINIBATCH_SHIFT = 0.5
+#: the Monte Carlo error of the returned means (in q's sds, root mean square over the latents)
+#: beyond which a fit on minibatches is not reported converged: its noise floor (two windows'
+#: averages 0.5 sd apart; a logistic regression's differ by 0.4–1.3 sds at N/B = 10, d = 3, and by
+#: 2.1–3.3 at N/B = 100, d = 20, 3 keys each)
+NOISE_FLOOR = 0.5 / math.sqrt(2)
 
 
-def window_shift(factors, previous, last) -> float:
-    """√(mean_i ((m_i − m'_i) / sd_i)²): how far q's marginal means moved from the average
-    `previous` to the average `last`, in `last`'s marginal sds, root mean square over the
-    latents (a maximum would grow as √(2 log d) with the noise alone); `factors(θ)` is q as a
-    list of numpyro distributions (moments one lacks, as a categorical's, are left out).
-    Between two settled windows it is the Monte Carlo error of one window's average (×√2),
-    which minibatch noise can make many sds."""
-    squares = []
-    for before, now in zip(factors(previous), factors(last), strict=True):
-        try:
-            square = (now.mean - before.mean) ** 2 / now.variance
-        except NotImplementedError:
-            continue
-        squares.append(np.ravel(np.asarray(square)))
-    squares = np.concatenate(squares) if squares else np.zeros(0)
-    squares = squares[np.isfinite(squares)]
-    return float(np.sqrt(np.mean(squares))) if squares.size else 0.0
+def averaged_mcse(shifts) -> float:
+    """The Monte Carlo standard error of an average of K = len(`shifts`) windows' averages,
+    from the `marginal_shift` between each and the window before: each shift is √2 times one
+    window's error (windows of a stationary chain, ~independent at ρ = `SETTLE`), so the error
+    is RMS(shifts)/√(2K); NaN without finite shifts."""
+    finite = np.asarray(shifts, float)
+    finite = finite[np.isfinite(finite)]
+    if not finite.size:
+        return float("nan")
+    return float(np.sqrt(np.mean(finite**2) / (2 * len(shifts))))
 
 
 def _run_fit(
@@ -689,24 +761,39 @@ def _run_fit(
     config,
     num_steps,
     tol,
+    mcse,
     progress_bar,
     unflatten,
-    factors=None,
+    minibatches=False,
     **settings,
 ) -> FitResult:
     """Compile `run_chunk(state, arrays, cap, config=, static=, **settings)` once (cached) and run
-    it until `num_steps` or convergence (shared by every guide); the Polyak average is returned
-    where valid; `unflatten(θ)` gives the params dict. With `factors` (θ -> q as numpyro
-    distributions; on minibatches), a settled fit whose last two windows' averages differ by
-    more than `MINIBATCH_SHIFT` sds (`window_shift`) is at the minibatch noise floor: warned,
-    not converged."""
+    it until `num_steps` or convergence (shared by every guide); `unflatten(θ)` gives the params
+    dict.
+
+    Once a window's loss has settled (`window_verdict`), the windows that follow are averaged
+    into it (Polyak–Ruppert averaging at the settled ρ) until the average's Monte Carlo error
+    (`averaged_mcse`, in q's sds) is at most `mcse`, or `num_steps`; under adaptive ρ a window
+    whose loss rose beyond the noise is an excursion of the settled chain, left out. The
+    average is returned where valid. On `minibatches`
+    the first settled window's average is returned: there the settled chain wanders by sds of q
+    (the loss verdicts, on minibatch estimates, called later windows diverging), and an error
+    above `NOISE_FLOOR` is warned of, not converged.
+    """
     arrays, static = split_arrays((args, kwargs))
     cap = jnp.asarray(num_steps, jnp.int32)
     run, compile_seconds = _compiled(
         run_chunk, (state, arrays, cap), config=config, static=static, **settings
     )
     chunks, verdict = [], "improving"
-    average = average_valid = previous = None  # previous: the window before's (average, valid)
+    # settled: each window is averaged in, and `shifts` has the marginal shift of each window
+    # in the average from the window before
+    polishing, shifts, error = False, [], float("nan")
+    mcse = None if minibatches else mcse
+    fresh = np.zeros((), np.asarray(state.averaged).dtype)  # (`averaged` = 0: a new average)
+    window, valid = None, False
+    fallback = None  # the latest valid average before the last window (where it diverges)
+    reference = None  # the losses of the window the next one is judged against
     start = time.perf_counter()
     show = sys.stderr.isatty() if progress_bar is None else progress_bar
     # (a bar is made only to be shown: the first tqdm in a process, even disabled, takes 2–9 ms
@@ -716,31 +803,65 @@ def _run_fit(
         if show and num_steps > config.chunk
         else contextlib.nullcontext(_NoBar())
     ) as bar:
-        while int(state.count) < num_steps and verdict == "improving":
+        while int(state.count) < num_steps:
             before = int(state.count)
-            previous = (average, average_valid)
-            state, stats, average, average_valid = run(state, arrays, cap)
+            if valid:
+                fallback = state.average
+            if not polishing:
+                state = state._replace(averaged=fresh)
+            kept = (state.average, state.averaged, valid, window)  # (to leave this window out)
+            state, stats, window, valid = run(state, arrays, cap)
             taken = int(state.count) - before
             chunks.append(jax.tree.map(lambda x, n=taken: np.asarray(x)[:n], stats))
             bar.update(taken)
             loss = f"{float(np.mean(chunks[-1].loss)):.7g}"
             bar.set_postfix(loss=loss)
-            if tol is not None and len(chunks) >= 2 and taken == config.chunk:
-                verdict = window_verdict(chunks[-2].loss, chunks[-1].loss, tol)
+            if tol is None or reference is None or taken < config.chunk:
+                reference = chunks[-1].loss
+                continue
+            verdict = window_verdict(reference, chunks[-1].loss, tol)
+            if verdict == "worse" and config.step_size is None and bool(state.settled):
+                # an excursion of a settled chain (adaptive ρ declines its wild steps, so it
+                # does not diverge): eight schools' funnel, 1,150 steps settled, then a window
+                # 1.7 nats up (10 sds of the settled windows' losses). Left out of the average,
+                # and out of the comparison with the next window
+                state = state._replace(average=kept[0], averaged=kept[1])
+                valid, window = kept[2], kept[3]
+                verdict = "settled" if polishing else "improving"
+                continue
+            if verdict == "worse":
+                break
+            reference = chunks[-1].loss
+            if verdict == "improving" and not polishing:
+                continue
+            # settled: from here every window is averaged in (a later gain beyond the noise,
+            # reset on, had thrown away 1,800 steps' average for the last iterate at the cap)
+            polishing = True
+            shifts.append(marginal_shift(kept[3], window))
+            error = averaged_mcse(shifts)
+            bar.set_postfix(loss=loss, mcse=f"{error:.2g}")
+            if mcse is None or not error > mcse:  # (NaN: no moments to judge by)
+                break
+        if polishing and verdict != "worse":  # (also where num_steps ended the averaging)
+            verdict = "settled"
         if verdict != "improving":  # stopped before the cap: the bar ends full, saying why
             bar.total = int(state.count)
             bar.set_postfix(loss=loss, stopped=verdict)
             bar.refresh()
     natural, averaged = state.natural, False
-    if verdict == "settled" and bool(average_valid):
-        natural, averaged = average, True
+    if verdict == "settled" and bool(valid):
+        natural, averaged = state.average, True
     elif verdict == "worse":
-        # diverging (a fixed ρ too large for the noise): stop at the better, earlier window
-        rise = float(np.nanmean(chunks[-1].loss) - np.nanmean(chunks[-2].loss))
+        # diverging (a fixed ρ too large for the noise): stop at the better, earlier average
+        rise = float(np.nanmean(chunks[-1].loss) - np.nanmean(reference))
         warnings.warn(
             f"vingd.fit: the mean loss rose by {rise:.4g} over the last {config.chunk} steps, "
             "beyond the noise; stopped, returning "
-            + ("the previous window's average" if bool(previous[1]) else "the last iterate")
+            + (
+                "the latest valid average before them"
+                if fallback is not None
+                else "the last iterate"
+            )
             + (
                 ". Try more num_samples (adaptive ρ's ELBO check is as noisy as its draws) or "
                 "a small fixed step_size."
@@ -751,8 +872,11 @@ def _run_fit(
             RuntimeWarning,
             skip_file_prefixes=_VINGD,
         )
-        if bool(previous[1]):
-            natural, averaged = previous[0], True
+        if fallback is not None:
+            natural, averaged = fallback, True
+        error = float("nan")
+    if not averaged:
+        error = float("nan")
     jax.block_until_ready(natural)
     run_seconds = time.perf_counter() - start
     stats = jax.tree.map(lambda *xs: np.concatenate(xs), *chunks)
@@ -805,22 +929,21 @@ def _run_fit(
             RuntimeWarning,
             skip_file_prefixes=_VINGD,
         )
-    noisy = False
-    if factors is not None and averaged and bool(previous[1]) and not (nonfinite or stalled):
-        moved = window_shift(factors, previous[0], natural)
-        noisy = moved > MINIBATCH_SHIFT
-        if noisy:
-            warnings.warn(
-                f"vingd.fit: on minibatches, q's means moved by {moved:.3g} of its own sds (root "
-                "mean square over the latents) between the last two windows' averages: the fit "
-                "is still moving or at the minibatch noise floor, not converged (the noise of "
-                "the average falls as √(N/(B·steps)) for N "
-                "observations in batches of B). For the full-data posterior use larger batches, "
-                "or a Robbins–Monro schedule run for many steps (more as N/B grows), e.g. "
-                "step_size=lambda t: 1 / (1 + t / 10), num_steps=..., tol=None, or the full data.",
-                RuntimeWarning,
-                skip_file_prefixes=_VINGD,
-            )
+    # (on the full data the error is only reported: there, one settled window's estimate
+    # from the window before can be a transient's)
+    noisy = minibatches and averaged and error > NOISE_FLOOR and not (nonfinite or stalled)
+    if noisy:
+        warnings.warn(
+            f"vingd.fit: on minibatches, q's means have a Monte Carlo error of {error:.3g} of its "
+            "own sds (root mean square over the latents, from the last two windows' averages): "
+            "the fit is still moving or at the minibatch noise floor, not converged (the noise "
+            "of the average falls as √(N/(B·steps)) for N observations in batches of B). For "
+            "the full-data posterior use larger batches, or a Robbins–Monro schedule run for "
+            "many steps (more as N/B grows), e.g. step_size=lambda t: 1 / (1 + t / 10), "
+            "num_steps=..., tol=None, or the full data.",
+            RuntimeWarning,
+            skip_file_prefixes=_VINGD,
+        )
     return FitResult(
         params=unflatten(natural),
         losses=stats.loss,
@@ -828,6 +951,7 @@ def _run_fit(
         num_steps=int(state.count),
         converged=verdict == "settled" and not nonfinite and not stalled and not noisy,
         averaged=averaged,
+        mcse=error,
         num_declined=int((~stats.accepted).sum()),
         num_corrected=int(stats.info.num_corrected.sum()),
         num_backoffs=int(stats.info.num_backoffs.sum()),

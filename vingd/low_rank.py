@@ -105,6 +105,10 @@ class LowRankNormal(Stateless):
     def loc(params):
         return params.loc
 
+    def marginals(self, params):
+        """(means, variances) of q's coordinates."""
+        return params.loc, self.marginal_variance(params)
+
     def sample(self, rng_key, params, sample_shape=()):
         """z = m + Λ⁻¹(Uε₁ + √D ε₂), ε ~ N(0, I_{k+d}): Cov = Λ⁻¹ΛΛ⁻¹ = Λ⁻¹ (as in SLANG)."""
         dim, rank = params.factor.shape

@@ -92,6 +92,10 @@ class DiagonalNormal(ExponentialFamily):
         precision = -2 * natural.eta2
         return natural.eta1 / precision, jax.lax.rsqrt(precision)
 
+    def marginals(self, natural):
+        """(means, variances) of q's coordinates."""
+        return self.loc(natural), 1 / (-2 * natural.eta2)
+
     @staticmethod
     def from_loc_scale(loc, scale):
         """θ from (m, σ)."""

@@ -126,6 +126,12 @@ class MultivariateNormal(ExponentialFamily):
         """m = Λ⁻¹η₁."""
         return jsl.cho_solve((self.precision_cholesky(natural), True), natural.eta1)
 
+    def marginals(self, natural):
+        """(m, diag Λ⁻¹): diag Λ⁻¹ is the column sums of squares of L⁻¹, for LLᵀ = Λ."""
+        chol = self.precision_cholesky(natural)
+        inverse = jsl.solve_triangular(chol, jnp.eye(chol.shape[-1], dtype=chol.dtype), lower=True)
+        return jsl.cho_solve((chol, True), natural.eta1), jnp.sum(inverse**2, axis=0)
+
     @staticmethod
     def from_loc_precision(loc, precision):
         """θ from (m, Λ)."""
