@@ -98,9 +98,10 @@ QUICKSTART = [
         ## Fit
 
         `AutoNaturalMVN` is a full-covariance Gaussian over all 31 unconstrained latents
-        (`AutoNaturalNormal` is the mean-field one). `vingd.fit` adapts the step size ρ, stops
-        once the ELBO stops improving and returns the average of θ over its last window of
-        steps. Compilation is timed apart from the run.
+        (`AutoNaturalNormal` is the mean-field one). `vingd.fit` adapts the step size ρ, and
+        once the ELBO stops improving averages θ over windows of steps until the average's
+        Monte Carlo error is small (`fit.mcse`, in q's sds), and returns the average.
+        Compilation is timed apart from the run.
         """
     ),
     code(

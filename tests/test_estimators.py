@@ -267,7 +267,7 @@ def test_the_empirical_fisher_is_scaled_as_the_site_is():
 
 def test_single_draw_fit_reaches_the_mean_field_optimum(conjugate, rng_key):
     """One plain draw per step (IVON's setting): Stein's curvature, a fixed ρ, and the Polyak
-    average over the last window land on the conjugate mean-field optimum (exact mean,
+    average over the settled windows land on the conjugate mean-field optimum (exact mean,
     sd = diag(Λ)^-1/2)."""
     guide = AutoNaturalNormal(linear_regression)
     args = (conjugate.X, conjugate.y)
