@@ -796,10 +796,10 @@ def _run_fit(
     into it (Polyak–Ruppert averaging at the settled ρ) until the average's Monte Carlo error
     (`averaged_mcse`, in q's sds) is at most `mcse`, or `num_steps`; under adaptive ρ a window
     whose loss rose beyond the noise is an excursion of the settled chain, left out. The
-    average is returned where valid. On `minibatches`
-    the first settled window's average is returned: there the settled chain wanders by sds of q
-    (the loss verdicts, on minibatch estimates, called later windows diverging), and an error
-    above `NOISE_FLOOR` is warned of, not converged.
+    average is returned where valid. On `minibatches` the first settled window's average is
+    returned: there the settled chain wanders by sds of q (the loss verdicts, on minibatch
+    estimates, called later windows diverging), and an error above `NOISE_FLOOR` is warned
+    of, not converged.
     """
     arrays, static = split_arrays((args, kwargs))
     cap = jnp.asarray(num_steps, jnp.int32)
