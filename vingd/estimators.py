@@ -129,17 +129,17 @@ def price_hessian(log_joint, family, natural, rng_key, num_samples: int = 8) -> 
     observations (one draw at a time above `SEQUENTIAL_HESSIANS` latents).
 
     For a mean-field q, the Hessians are taken at a quarter of the draws (whole antithetic
-    pairs) and the gradients at all of them: subsampled Newton (Byrd, Chin, Neveitt & Nocedal
-    2011; Roosta-Khorasani & Mahoney 2019), still unbiased for E[∇²f] and exact for quadratic
-    f; a quarter, not a fixed number, so that more draws still sharpen the curvature. Measured on
-    mean-field fits with 16 draws: 1.8× (logistic, d = 31) and 3× (diamonds, d = 26) cheaper
-    steps, the same steps to converge. The Newton step's E[∇f] is taken from the other draws,
-    so that Ĥ⁻¹ and ĝ are independent and E[Ĥ⁻¹ĝ] = 0 exactly where E[ĝ] = 0: from the same
-    draws, the settled iterates averaged to a point biased from the optimum (eight schools:
-    0.18–0.22 sd in the largest mean however long the average; logistic: 0.064, where the
-    split draws average down to 0.024 over 16 windows; medians of 10 seeds). Full covariance
-    keeps every draw: its precision is the curvature itself, and the mean error doubled with
-    fewer."""
+    pairs) and the precision's gradient term at all of them: subsampled Newton (Byrd, Chin,
+    Neveitt & Nocedal 2011; Roosta-Khorasani & Mahoney 2019), still unbiased for E[∇²f] and
+    exact for quadratic f; a quarter, not a fixed number, so that more draws still sharpen the
+    curvature. Measured on mean-field fits with 16 draws: 1.8× (logistic, d = 31) and 3×
+    (diamonds, d = 26) cheaper steps, the same steps to converge. The Newton step's E[∇f] is
+    taken from the other draws, so that Ĥ⁻¹ and ĝ are independent and E[Ĥ⁻¹ĝ] = 0 exactly where
+    E[ĝ] = 0: from the same draws, the settled iterates averaged to a point biased from the
+    optimum (eight schools: 0.18–0.22 sd in the largest mean however long the average; logistic:
+    0.064, where the split draws average down to 0.024 over 16 windows; medians of 10 seeds).
+    Full covariance keeps every draw: its precision is the curvature itself, and the mean error
+    doubled with fewer."""
     z = antithetic_draws(rng_key, family, natural, num_samples)
     values, grads = jax.vmap(jax.value_and_grad(log_joint))(z)
     grad = grads.mean(0)

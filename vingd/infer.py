@@ -814,9 +814,8 @@ def _run_fit(
     fresh = np.zeros((), np.asarray(state.averaged).dtype)  # (`averaged` = 0: a new average)
     window, merged, valid = None, None, False
     fallback = None  # the latest valid average before the last window (where it diverges)
-    reference = None  # the losses of the window the next one is judged against
     excursions = 0  # consecutive windows left out as excursions of a settled chain
-    judged = None  # the stats of the last window in the result (for the stall checks)
+    judged = None  # the last window kept: the next is judged against it, as are the stall checks
     start = time.perf_counter()
     show = sys.stderr.isatty() if progress_bar is None else progress_bar
     # (a bar is made only to be shown: the first tqdm in a process, even disabled, takes 2–9 ms
@@ -834,17 +833,18 @@ def _run_fit(
                 fallback = merged
             if not polishing:
                 state = state._replace(averaged=fresh)
-            kept = (state.average, state.averaged, merged, valid, window)  # (to leave it out)
+            kept = (state.average, state.averaged, merged, valid)  # (to leave this window out)
+            previous_window = window
             state, stats, window, merged, valid = run(state, arrays, cap)
             taken = int(state.count) - before
             chunks.append(jax.tree.map(lambda x, n=taken: np.asarray(x)[:n], stats))
             bar.update(taken)
             loss = f"{float(np.mean(chunks[-1].loss)):.7g}"
             bar.set_postfix(loss=loss)
-            if tol is None or reference is None or taken < config.chunk:
-                reference = chunks[-1].loss
+            if tol is None or judged is None or taken < config.chunk:
+                judged = chunks[-1]
                 continue
-            verdict = window_verdict(reference, chunks[-1].loss, tol)
+            verdict = window_verdict(judged.loss, chunks[-1].loss, tol)
             excursion = verdict == "worse" and config.step_size is None and bool(state.settled)
             excursions = excursions + 1 if excursion else 0
             if excursion and excursions <= MAX_EXCURSIONS:
@@ -853,18 +853,18 @@ def _run_fit(
                 # the settled windows' losses). Left out of the average, and out of the
                 # comparison with the next window
                 state = state._replace(average=kept[0], averaged=kept[1])
-                merged, valid, window = kept[2:]
+                merged, valid, window = kept[2], kept[3], previous_window
                 verdict = "settled" if polishing else "improving"
                 continue
             if verdict == "worse":
                 break
-            reference, judged = chunks[-1].loss, chunks[-1]
+            judged = chunks[-1]
             if verdict == "improving" and not polishing:
                 continue
             # settled: from here every window is averaged in (a later gain beyond the noise,
             # reset on, had thrown away 1,800 steps' average for the last iterate at the cap)
             polishing = True
-            shifts.append(marginal_shift(kept[4], window))
+            shifts.append(marginal_shift(previous_window, window))
             error = averaged_mcse(shifts)
             bar.set_postfix(loss=loss, mcse=f"{error:.2g}")
             if mcse is None or not error > mcse:  # (NaN: no moments to judge by)
@@ -882,7 +882,7 @@ def _run_fit(
         natural, averaged = merged, True
     elif verdict == "worse":
         # diverging (a fixed ρ too large for the noise): stop at the better, earlier average
-        rise = float(np.nanmean(chunks[-1].loss) - np.nanmean(reference))
+        rise = float(np.nanmean(chunks[-1].loss) - np.nanmean(judged.loss))
         warnings.warn(
             f"vingd.fit: the mean loss rose by {rise:.4g} over the last {config.chunk} steps, "
             "beyond the noise; stopped, returning "
