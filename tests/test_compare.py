@@ -9,7 +9,15 @@ from conftest import linear_regression
 from matplotlib.figure import Figure
 
 from vingd import clear_cache, plots
-from vingd.compare import Comparison, Method, compare, default_methods, reference_moments, smoothed
+from vingd.compare import (
+    Comparison,
+    Method,
+    compare,
+    default_methods,
+    reference_moments,
+    smoothed,
+    steps_to_within,
+)
 from vingd_models.references import GaussianPosterior
 
 NUM_DRAWS = 2000
@@ -103,6 +111,17 @@ def test_steps_and_seconds_to_within_one_nat(comparison):
         assert len(r.elbo_trace) == len(r.seconds) == len(r.losses)
         assert np.all(np.diff(r.seconds) > 0) and r.seconds[-1] == pytest.approx(r.run_seconds)
         assert r.compile_seconds > 0
+
+
+def test_steps_to_within_one_nat_count_where_the_result_gets_there():
+    rising = -np.linspace(-20.0, -10.0, 100)  # an ELBO trace rising from -20 to -10
+    assert steps_to_within(rising, elbo=-10.0, best=-10.0) == 1 + np.argmax(
+        smoothed(-rising) >= -11
+    )
+    # a trace crossing the mark on the way does not count if the result ends short of it
+    assert steps_to_within(rising, elbo=-11.5, best=-10.0) is None
+    # an averaged result above its iterates' trace got there at the last step
+    assert steps_to_within(rising + 3, elbo=-10.2, best=-10.0) == 100
 
 
 def test_tidy_outputs(comparison):

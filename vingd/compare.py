@@ -156,7 +156,9 @@ class MethodResult:
     elbo: float  # from `num_draws` draws
     elbo_se: float
     khat: float  # PSIS
-    steps_to_best: int | None  # steps until the smoothed trace is within 1 nat of the best
+    # steps until the smoothed trace is within 1 nat of the best (all the steps where only the
+    # result is); None where the result is not
+    steps_to_best: int | None
     seconds_to_best: float | None
     mean_error: dict | None  # site -> (E_q − E_ref) / sd_ref, per element; None: no reference
     sd_ratio: dict | None  # site -> sd_q / sd_ref
@@ -380,14 +382,24 @@ def _run_adam(model, method, guide, args, kwargs, rng_key) -> _Run:
     return _Run(svi.get_params(state), losses, compile_seconds, run_seconds)
 
 
+def steps_to_within(losses, elbo: float, best: float) -> int | None:
+    """Steps until the smoothed ELBO trace (−`losses`) is within `WITHIN` nats of `best`, for
+    a fit whose final ELBO `elbo` is; else None.
+
+    A final ELBO short of the mark never got there: a noisy trace crossing it on the way does
+    not count. A result that gets there though its trace does not (the trace is of the
+    iterates; vingd returns their average, whose ELBO is higher) got there at its last step.
+    """
+    if not elbo >= best - WITHIN:
+        return None
+    within = np.flatnonzero(smoothed(-np.asarray(losses)) >= best - WITHIN)
+    return int(within[0]) + 1 if within.size else len(losses)
+
+
 def _score(method, guide, run: _Run, draws: Draws, *, best: float, moments) -> MethodResult:
     losses = np.asarray(run.losses)
     elbo, elbo_se = draws.elbo
-    within = np.flatnonzero(smoothed(-losses) >= best - WITHIN)
-    # A method whose final ELBO ends short of the mark never got there: a noisy trace crossing it
-    # on the way does not count.
-    reached = within.size and elbo >= best - WITHIN
-    steps = int(within[0]) + 1 if reached else None
+    steps = steps_to_within(losses, elbo, best)
     seconds = (
         None if steps is None else float(step_seconds(run.run_seconds, len(losses))[steps - 1])
     )
