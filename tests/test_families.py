@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from vingd.families import (
     DiagonalNormal,
+    DiagonalNormalNatural,
     ExponentialFamily,
     MultivariateNormal,
     MultivariateNormalNatural,
@@ -109,6 +110,18 @@ def test_log_prob_entropy_kl_match_numpyro(family, seed, d):
     means, variances = family.marginals(theta)  # (fit's Monte Carlo error is in these units)
     np.testing.assert_allclose(means, jnp.broadcast_to(q.mean, (d,)), rtol=1e-9, atol=1e-9)
     np.testing.assert_allclose(variances, q.variance, rtol=1e-9, atol=1e-9)
+
+
+def test_mean_field_average_is_of_means_and_precisions_apart():
+    loc, precision = jnp.array([[0.0, 2.0], [1.0, -2.0]]), jnp.array([[1.0, 4.0], [3.0, 4.0]])
+    stacked = DiagonalNormalNatural(precision * loc, -0.5 * precision)
+    weights = jnp.array([0.25, 0.75])
+    means, variances = DIAG.marginals(DIAG.average(stacked, weights))
+    np.testing.assert_allclose(means, weights @ loc, rtol=1e-12)
+    np.testing.assert_allclose(1 / variances, weights @ precision, rtol=1e-12)
+    # (the average of θ itself weights each mean by its precision)
+    natural = jax.tree.map(lambda x: weights @ x, stacked)
+    assert not np.allclose(DIAG.loc(natural), weights @ loc)
 
 
 @families
