@@ -41,7 +41,8 @@ Each step, on the guide's family over the flat unconstrained latent vector,
   in adaptive-restart acceleration), for large mean-field fits without exact Hessians;
 - stopping: after each chunk of `window` steps, the fit has settled when the mean loss
   improved less than max(`tol`·|loss|, 2 standard errors) since the previous chunk; then it
-  averages θ over that chunk and the next (Polyak averaging in natural parameters) until the
+  averages θ over that chunk and the next (Polyak averaging, in natural parameters where the
+  family has no `average` of its own: mean field and low rank average m and Λ apart) until the
   average's Monte Carlo error, from how far each window's average moved from the one before,
   is at most `mcse` sds of q, and returns the average. Settled at ρ = `SETTLE`, one window's
   average has the Monte Carlo error of the mean of about `window` steps' targets, 1.8× below
@@ -401,7 +402,8 @@ def _scan_chunk(propose, state, cap, config, is_valid, marginals, average=None):
     state = state._replace(average=None, averaged=None)  # (not carried through the loop)
     state, (stats, naturals, active) = jax.lax.scan(step, state, keys)
 
-    # the mean of θ over the chunk's active steps: Polyak averaging in natural parameters
+    # the mean of θ over the chunk's active steps: Polyak averaging in natural parameters, or
+    # the family's own
     def mean(stacked, weights):
         if average is not None:
             return average(stacked, weights)
