@@ -156,8 +156,8 @@ class MethodResult:
     elbo: float  # from `num_draws` draws
     elbo_se: float
     khat: float  # PSIS
-    # steps until the smoothed trace is within 1 nat of the best (all the steps where only the
-    # result is); None where the result is not
+    # steps until the smoothed trace is within 1 nat of the best (all of them where only the
+    # final result is); None where the final result is not
     steps_to_best: int | None
     seconds_to_best: float | None
     mean_error: dict | None  # site -> (E_q − E_ref) / sd_ref, per element; None: no reference

@@ -102,9 +102,8 @@ class DiagonalNormal(ExponentialFamily):
         each mean by its precision, biased where the curvature moves with the chain (eight
         schools, whose precisions grow with τ: 0.116 sd from the family's optimum against
         0.062 averaged apart, median of 10 fits to `mcse=0.005`)."""
-        precision = -2 * stacked.eta2
-        loc = jnp.tensordot(weights, stacked.eta1 / precision, axes=1)
-        precision = jnp.tensordot(weights, precision, axes=1)
+        loc = jnp.tensordot(weights, self.loc(stacked), axes=1)
+        precision = jnp.tensordot(weights, -2 * stacked.eta2, axes=1)
         return DiagonalNormalNatural(precision * loc, -0.5 * precision)
 
     @staticmethod
