@@ -11,6 +11,7 @@ import numpyro  # noqa: F401
 
 from vingd import estimators, families
 from vingd.compare import Method, compare
+from vingd.compilation_cache import enable_compilation_cache
 from vingd.conjugate import cavi_step, conjugate_elbo, conjugate_sites, expected_naturals
 from vingd.diagnostics import psis_diagnostic, to_datatree
 from vingd.elbo import NaturalELBO
@@ -36,6 +37,7 @@ __all__ = [
     "conjugate_elbo",
     "conjugate_sites",
     "elbo",
+    "enable_compilation_cache",
     "estimators",
     "expected_naturals",
     "families",
