@@ -572,9 +572,9 @@ def _flag_flat(result: FitResult, guide) -> FitResult:
     natural = guide.flatten(result.params)
     dtype = jnp.result_type(natural.eta2)
     if isinstance(guide.flat_family, MultivariateNormal):
-        # Λ = −2 sym(η₂), on the host: as jnp operations, each would compile (~0.3 s in all)
+        # on the host: as jnp operations, each would compile (~0.3 s in all)
         eta2 = np.asarray(natural.eta2, np.float64)
-        precision = -(eta2 + eta2.T)
+        precision = guide.flat_family.precision(natural._replace(eta2=eta2))
         diagonal = np.diag(precision)
     else:
         precision = diagonal = -2 * np.asarray(natural.eta2, np.float64)

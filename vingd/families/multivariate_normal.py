@@ -29,7 +29,8 @@ class MultivariateNormalMean(NamedTuple):
 
 
 def _symmetric(a):
-    return 0.5 * (a + jnp.swapaxes(a, -1, -2))
+    # (the array's own method: NumPy's on the host, where a jnp operation would compile)
+    return 0.5 * (a + a.swapaxes(-1, -2))
 
 
 class MultivariateNormal(ExponentialFamily):
