@@ -97,6 +97,8 @@ def test_a_nan_covariate_is_named_with_the_site_it_made_invalid(guide_class):
         ({"step_size": True}, "step_size must be a number in"),
         ({"num_samples": 3}, "num_samples must be 1 or an even integer"),
         ({"num_samples": 1}, "num_samples=1 needs a fixed step_size"),
+        ({"max_num_samples": 8}, r"max_num_samples must be an integer >= num_samples \(16\)"),
+        ({"max_num_samples": 32.0}, "max_num_samples must be an integer >= num_samples"),
     ],
 )
 def test_invalid_fit_settings(conjugate, kwargs, message):

@@ -404,6 +404,40 @@ def test_averaging_settled_windows_to_a_target_mcse_goes_below_one_window_floor(
     assert abs(errors.mean()) < 0.5 * floor, errors.mean()  # (measured: +0.005)
 
 
+def test_averaged_mcse_weighs_windows_by_their_draws():
+    """Windows of a settled chain whose steps take b_j batches of draws have variance c/b_j;
+    averaged with weights b_j their error is √(c/Σb_j). `averaged_mcse` estimates it from the
+    shifts between consecutive windows (b_0: the window before the first), with one batch
+    throughout as with doubling draws (where the unweighted estimate is 1.5× too large)."""
+    rng = np.random.default_rng(0)
+    c = 0.3**2
+    for sizes in ([1] * 6, [1, 1, 2, 4, 8, 8]):
+        b = np.asarray(sizes, float)
+        windows = rng.normal(size=(20_000, b.size)) * np.sqrt(c / b)
+        shifts = np.abs(np.diff(windows, axis=1))
+        estimates = np.array([vingd.infer.averaged_mcse(s, sizes) for s in shifts])
+        truth = np.sqrt(c / b[1:].sum())
+        average = windows[:, 1:] @ b[1:] / b[1:].sum()
+        assert abs(average.std() / truth - 1) < 0.03
+        assert abs(np.sqrt(np.mean(estimates**2)) / truth - 1) < 0.03, (sizes, estimates)
+
+
+def test_growing_draws_reach_a_tight_mcse_in_fewer_steps():
+    """Each settled window that leaves the average short of `mcse` doubles the next window's
+    draws (up to `max_num_samples`): on the skewed posterior every fit reaches mcse=0.005
+    within 1,000 steps, in fewer steps than with fixed draws (of which about a quarter did not
+    reach it: measured 575 steps in the median against 175), and as close to q*."""
+    grown, fits = skewed_fits(mcse=0.005)
+    fixed, fixed_fits = skewed_fits(mcse=0.005, max_num_samples=16)
+    assert all(r.converged and r.mcse <= 0.005 for r in fits)
+    assert {r.final_num_samples for r in fixed_fits} == {16}
+    assert max(r.final_num_samples for r in fits) == 128
+    steps = [np.median([r.num_steps for r in rs]) for rs in (fits, fixed_fits)]
+    assert steps[0] < 0.6 * steps[1], steps
+    assert grown.std() < 1.25 * fixed.std(), (grown.std(), fixed.std())  # (0.0122, 0.0115)
+    assert abs(grown.mean()) < 3 * grown.std() / np.sqrt(grown.size), grown.mean()
+
+
 def test_stopping_waits_for_a_fit_still_improving_after_a_far_start():
     """Stop once a window's mean loss stops improving beyond the noise, and not before: not on a
     steady gain, nor when the previous window opened with the transient of a far start (whose
