@@ -438,6 +438,19 @@ def test_growing_draws_reach_a_tight_mcse_in_fewer_steps():
     assert abs(grown.mean()) < 3 * grown.std() / np.sqrt(grown.size), grown.mean()
 
 
+def test_draws_stop_growing_at_a_floor_they_do_not_lower(conjugate, monkeypatch):
+    """Windows whose averages keep moving by the same amount however many draws the steps take
+    (a floor, e.g. float32 rounding) stop the growth: a shift scaled to one batch above twice
+    the first settled window's, at 4× the draws here, and the fit runs on at those."""
+    monkeypatch.setattr(vingd.infer, "marginal_shift", lambda previous, last: 0.3)
+    guide = vingd.AutoNaturalMVN(linear_regression)
+    result = vingd.fit(
+        linear_regression, conjugate.X, conjugate.y, guide=guide, num_steps=400, rng_key=0
+    )
+    assert result.num_steps == 400 and result.mcse > 0.02  # (the floor: never reached)
+    assert result.final_num_samples == 4 * 16
+
+
 def test_stopping_waits_for_a_fit_still_improving_after_a_far_start():
     """Stop once a window's mean loss stops improving beyond the noise, and not before: not on a
     steady gain, nor when the previous window opened with the transient of a far start (whose

@@ -851,21 +851,27 @@ MAX_EXCURSIONS = 2
 NOISE_FLOOR = 0.5 / math.sqrt(2)
 
 
+def noise_scales(shifts, batches=None) -> np.ndarray:
+    """shift_j² / (1/b_j + 1/b_{j−1}) for each `marginal_shift` between consecutive windows of
+    b_j batches of draws (`batches`: b_0..b_n, default all 1): each an estimate of c, the
+    variance of a one-batch window's average (a window of b_j batches has c/b_j)."""
+    shifts = np.asarray(shifts, float)
+    batches = np.ones(shifts.size + 1) if batches is None else np.asarray(batches, float)
+    return shifts**2 / (1 / batches[1:] + 1 / batches[:-1])
+
+
 def averaged_mcse(shifts, batches=None) -> float:
     """The Monte Carlo standard error of the average of n = len(`shifts`) windows' averages,
     from the `marginal_shift` between each and the window before (windows of a stationary
-    chain, ~independent at ρ = `SETTLE`). A window of steps with b_j batches of draws has
-    variance c/b_j, so shift_j² ≈ c(1/b_j + 1/b_{j−1}) and the average weighted by b_j has
-    error √(c/Σb_j) (RMS(shifts)/√(2n) for one batch throughout); `batches` holds b_0..b_n
-    (default all 1: b_0 is the window before the first). NaN without finite shifts."""
-    shifts = np.asarray(shifts, float)
-    batches = np.ones(shifts.size + 1) if batches is None else np.asarray(batches, float)
-    finite = np.isfinite(shifts)
+    chain, ~independent at ρ = `SETTLE`): with c from `noise_scales`, the average weighted by
+    the windows' batches b_j has error √(c/Σb_j) (RMS(shifts)/√(2n) for one batch
+    throughout). NaN without finite shifts."""
+    scales = noise_scales(shifts, batches)
+    finite = np.isfinite(scales)
     if not finite.any():
         return float("nan")
-    pairs = 1 / batches[1:] + 1 / batches[:-1]
-    scale = np.mean(shifts[finite] ** 2 / pairs[finite])
-    return float(np.sqrt(scale / batches[1:].sum()))
+    total = len(scales) if batches is None else np.sum(batches[1:])
+    return float(np.sqrt(np.mean(scales[finite]) / total))
 
 
 def _run_fit(
@@ -972,9 +978,14 @@ def _run_fit(
                 break
             # still short of `mcse`: twice the draws per step for the next window (their
             # average's noise falls as fast per draw either way, and the bias of few-draw
-            # estimates, e.g. a mean-field Newton step through a funnel, falls with it)
-            batches = min(2 * batches, config.max_batches)
-            state = state._replace(batches=np.int32(batches))
+            # estimates, e.g. a mean-field Newton step through a funnel, falls with it), while
+            # the draws still quieten the windows: a window's shift, scaled to one batch
+            # (`noise_scales`), more than twice the first's is a floor that draws do not lower
+            # (diamonds' float32 rounding at mcse=0.005), where more would only cost
+            scales = noise_scales(shifts, sizes)
+            if scales[-1] <= 2 * scales[0]:
+                batches = min(2 * batches, config.max_batches)
+                state = state._replace(batches=np.int32(batches))
         if polishing and verdict != "worse":  # (also where num_steps ended the averaging)
             verdict = "settled"
         if verdict != "improving":  # stopped before the cap: the bar ends full, saying why
