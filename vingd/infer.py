@@ -981,7 +981,7 @@ def _run_fit(
             # estimates, e.g. a mean-field Newton step through a funnel, falls with it), while
             # the draws still quieten the windows: a window's shift, scaled to one batch
             # (`noise_scales`), more than twice the first's is a floor that draws do not lower
-            # (diamonds' float32 rounding at mcse=0.005), where more would only cost
+            # (e.g. float32 rounding), where more would only cost
             scales = noise_scales(shifts, sizes)
             if scales[-1] <= 2 * scales[0]:
                 batches = min(2 * batches, config.max_batches)
