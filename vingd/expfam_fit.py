@@ -232,6 +232,7 @@ def fit_exp_family(
     init_params,
     max_backoffs,
     progress_bar,
+    max_num_samples=None,
     **kwargs,
 ):
     """`vingd.fit` for an `AutoExpFamily` guide (same arguments, same `FitResult`).
@@ -239,12 +240,14 @@ def fit_exp_family(
     `estimator` is "auto" (default: exact where conjugate or enumerable, draws elsewhere) or
     "reparam" (draws for every continuous site). Adaptive ρ starts at 1 when every site is
     exact (the ELBO check is then deterministic: CAVI with a safeguard), else at
-    `guide.default_step_size`.
+    `guide.default_step_size`. Its draws per step stay `num_samples` (`max_num_samples` is
+    validated, not used).
     """
     momentum = guide.default_momentum if momentum is None else momentum
     num_steps, step_size = _validate(
-        num_steps, step_size, num_samples, max_backoffs, momentum, window, tol, mcse
-    )
+        num_steps, step_size, num_samples, max_backoffs, momentum, window, tol, mcse,
+        max_num_samples,
+    )  # fmt: skip
     estimator = "auto" if estimator is None else estimator
     if estimator not in ESTIMATORS:
         raise ValueError(

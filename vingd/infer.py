@@ -45,7 +45,8 @@ Each step, on the guide's family over the flat unconstrained latent vector,
   family has no `average` of its own: mean field and low rank average m and Λ apart) until the
   average's Monte Carlo error, from how far each window's average moved from the one before,
   is at most `mcse` sds of q, and returns the average. Each window that leaves it above `mcse`
-  doubles the draws per step of the next (batches of `num_samples`, up to `max_num_samples`):
+  doubles the draws per step of the next (batches of `num_samples`, up to `max_num_samples`,
+  while they still quieten the windows: `draws_quieten`):
   at a constant ρ a window's variance falls as 1/draws, so the average, weighted by steps ×
   draws, reaches `mcse` for about the same draws in all, and few draws' bias falls with them
   (eight schools' mean-field Newton step through the funnel: at `mcse=0.005` the largest mean
@@ -82,6 +83,7 @@ import jax.numpy as jnp
 import numpy as np
 from numpyro import handlers
 from numpyro.infer import Trace_ELBO
+from scipy.special import fdtri
 from tqdm import tqdm
 
 from vingd.estimators import (
@@ -213,6 +215,21 @@ def step_size_setting(step_size, adaptive_start: float) -> tuple[Any, float]:
     return CONSTANT, step_size
 
 
+def validate_max_num_samples(max_num_samples, num_samples) -> None:
+    """`ValueError` unless `max_num_samples` is None or a multiple of `num_samples` (the draws
+    grow in batches of it) at least as large."""
+    if max_num_samples is not None and (
+        not is_integer(max_num_samples)
+        or max_num_samples < num_samples
+        or max_num_samples % num_samples
+    ):
+        raise ValueError(
+            f"max_num_samples must be a multiple of num_samples ({num_samples}) and at least "
+            f"as large (the draws grow in batches of num_samples), or None for "
+            f"{MAX_BATCHES} × num_samples; got {max_num_samples!r}."
+        )
+
+
 def _validate(
     num_steps,
     step_size,
@@ -235,13 +252,7 @@ def _validate(
             "num_samples=1 needs a fixed step_size or a schedule: adaptive ρ (step_size=None) "
             "judges each step by the spread of the ELBO change over at least 2 draws."
         )
-    if max_num_samples is not None and (
-        not is_integer(max_num_samples) or max_num_samples < num_samples
-    ):
-        raise ValueError(
-            f"max_num_samples must be an integer >= num_samples ({num_samples}), or None for "
-            f"{MAX_BATCHES} × num_samples; got {max_num_samples!r}."
-        )
+    validate_max_num_samples(max_num_samples, num_samples)
     if not is_integer(max_backoffs) or max_backoffs < 0:
         raise ValueError(f"max_backoffs must be an integer >= 0, got {max_backoffs!r}.")
     if not is_real(momentum) or not 0 <= momentum < 1:
@@ -389,7 +400,8 @@ def _scan_chunk(propose, state, cap, config, is_valid, marginals, average=None):
     (`keys.check`), the entropy change, and the log joints at θ. Around it: ρ (adaptive, with
     the common-random-numbers ELBO check and the settled phase of the module docstring, or
     scheduled), heavy-ball velocity, and the Polyak average of θ over the chunk's active steps,
-    merged into `state.average` (weighted by the steps in each; `average(stacked, weights)`
+    merged into `state.average` (weighted by the steps × batches of draws in each;
+    `average(stacked, weights)`
     where the family averages its own way); returned with the window's `marginals(θ)` (q's
     means and variances), the merged average and its `is_valid` (in the program: evaluated
     op by op, it would compile each operation).
@@ -702,10 +714,12 @@ def fit(
             the cheapest step; with a fixed `step_size` or a schedule).
         max_num_samples: the most draws per step while settled windows are averaged towards
             `mcse`: each window that leaves the average's error above it doubles the draws of
-            the next, up to this (default 8 × `num_samples`; `num_samples` keeps them fixed).
-            The average reaches `mcse` for about the same number of draws either way, and
-            with less of the bias that estimates from few draws have (`FitResult.
-            final_num_samples`). Gaussian guides on the full data; not low rank.
+            the next, up to this multiple of `num_samples` (default 8 × `num_samples`;
+            `num_samples` keeps them fixed), while the draws still quieten the windows
+            (`draws_quieten`). The average reaches `mcse` for about the same number of draws
+            either way, and with less of the bias that estimates from few draws have
+            (`FitResult.final_num_samples`). Gaussian guides on the full data; not low rank
+            nor `AutoExpFamily` (validated, and the draws stay fixed).
         momentum: heavy-ball β in [0, 1); default `guide.default_momentum`.
         tol: a window's mean loss that improves by less than max(tol·|loss|, 2 s.e.) has
             settled: the fit averages that window and the next (Polyak averaging, `mcse`) and
@@ -736,6 +750,7 @@ def fit(
             step_size=step_size,
             estimator=estimator,
             num_samples=num_samples,
+            max_num_samples=max_num_samples,  # (validated; its draws stay fixed)
             momentum=momentum,
             tol=tol,
             window=window,
@@ -860,6 +875,20 @@ def noise_scales(shifts, batches=None) -> np.ndarray:
     return shifts**2 / (1 / batches[1:] + 1 / batches[:-1])
 
 
+def draws_quieten(scales, dof: int, level: float = 0.99) -> bool:
+    """Whether more draws per step still quieten the windows: the latest of `noise_scales` is
+    within the `level` quantile of its ratio to the first two's mean (pooled: one first draw
+    too small had frozen the growth for good), F(dof, k·dof) for k of them, where each scale is
+    c·χ²_dof/dof under noise that falls as 1/draws, `dof` the latents. Beyond it is a floor
+    that draws do not lower (e.g. float32 rounding; there the scale grows with the draws).
+    Few latents make the test lenient (F(1, 2) at 0.99: 98.5), and growing only costs draws."""
+    scales = np.asarray(scales, float)
+    if scales.size < 2:
+        return True
+    first = scales[: min(2, scales.size - 1)]
+    return bool(scales[-1] <= fdtri(dof, first.size * dof, level) * first.mean())  # (NaN: no)
+
+
 def averaged_mcse(shifts, batches=None) -> float:
     """The Monte Carlo standard error of the average of n = len(`shifts`) windows' averages,
     from the `marginal_shift` between each and the window before (windows of a stationary
@@ -980,10 +1009,9 @@ def _run_fit(
             # average's noise falls as fast per draw either way, and the bias of few-draw
             # estimates, e.g. a mean-field Newton step through a funnel, falls with it), while
             # the draws still quieten the windows: a window's shift, scaled to one batch
-            # (`noise_scales`), more than twice the first's is a floor that draws do not lower
-            # (e.g. float32 rounding), where more would only cost
-            scales = noise_scales(shifts, sizes)
-            if scales[-1] <= 2 * scales[0]:
+            # (`noise_scales`), far beyond the first ones' is a floor that draws do not lower
+            # (`draws_quieten`), where more would only cost
+            if draws_quieten(noise_scales(shifts, sizes), np.size(window[0])):
                 batches = min(2 * batches, config.max_batches)
                 state = state._replace(batches=np.int32(batches))
         if polishing and verdict != "worse":  # (also where num_steps ended the averaging)
