@@ -99,7 +99,6 @@ def test_a_nan_covariate_is_named_with_the_site_it_made_invalid(guide_class):
         ({"num_samples": 1}, "num_samples=1 needs a fixed step_size"),
         ({"max_num_samples": 8}, r"multiple of num_samples \(16\) and at least as large"),
         ({"max_num_samples": 32.0}, "max_num_samples must be a multiple of num_samples"),
-        ({"max_num_samples": 24}, r"max_num_samples must be a multiple of num_samples \(16\)"),
     ],
 )
 def test_invalid_fit_settings(conjugate, kwargs, message):
@@ -114,7 +113,10 @@ def test_invalid_fit_settings(conjugate, kwargs, message):
 @pytest.mark.parametrize("max_num_samples", ["abc", 0, 24])
 def test_invalid_max_num_samples_for_every_guide(conjugate, guide_class, max_num_samples):
     # (AutoExpFamily, whose draws stay fixed, once took any value silently)
-    with pytest.raises(ValueError, match=rf"got {max_num_samples!r}\."):
+    message = (
+        rf"max_num_samples must be a multiple of num_samples \(16\).*got {max_num_samples!r}\."
+    )
+    with pytest.raises(ValueError, match=message):
         vingd.fit(
             linear_regression, conjugate.X, conjugate.y, guide=guide_class(linear_regression),
             max_num_samples=max_num_samples,

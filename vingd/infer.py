@@ -215,21 +215,6 @@ def step_size_setting(step_size, adaptive_start: float) -> tuple[Any, float]:
     return CONSTANT, step_size
 
 
-def validate_max_num_samples(max_num_samples, num_samples) -> None:
-    """`ValueError` unless `max_num_samples` is None or a multiple of `num_samples` (the draws
-    grow in batches of it) at least as large."""
-    if max_num_samples is not None and (
-        not is_integer(max_num_samples)
-        or max_num_samples < num_samples
-        or max_num_samples % num_samples
-    ):
-        raise ValueError(
-            f"max_num_samples must be a multiple of num_samples ({num_samples}) and at least "
-            f"as large (the draws grow in batches of num_samples), or None for "
-            f"{MAX_BATCHES} × num_samples; got {max_num_samples!r}."
-        )
-
-
 def _validate(
     num_steps,
     step_size,
@@ -252,7 +237,16 @@ def _validate(
             "num_samples=1 needs a fixed step_size or a schedule: adaptive ρ (step_size=None) "
             "judges each step by the spread of the ELBO change over at least 2 draws."
         )
-    validate_max_num_samples(max_num_samples, num_samples)
+    if max_num_samples is not None and (
+        not is_integer(max_num_samples)
+        or max_num_samples < num_samples
+        or max_num_samples % num_samples
+    ):
+        raise ValueError(
+            f"max_num_samples must be a multiple of num_samples ({num_samples}) and at least "
+            f"as large (the draws grow in batches of num_samples), or None for "
+            f"{MAX_BATCHES} × num_samples; got {max_num_samples!r}."
+        )
     if not is_integer(max_backoffs) or max_backoffs < 0:
         raise ValueError(f"max_backoffs must be an integer >= 0, got {max_backoffs!r}.")
     if not is_real(momentum) or not 0 <= momentum < 1:
@@ -401,10 +395,9 @@ def _scan_chunk(propose, state, cap, config, is_valid, marginals, average=None):
     the common-random-numbers ELBO check and the settled phase of the module docstring, or
     scheduled), heavy-ball velocity, and the Polyak average of θ over the chunk's active steps,
     merged into `state.average` (weighted by the steps × batches of draws in each;
-    `average(stacked, weights)`
-    where the family averages its own way); returned with the window's `marginals(θ)` (q's
-    means and variances), the merged average and its `is_valid` (in the program: evaluated
-    op by op, it would compile each operation).
+    `average(stacked, weights)` where the family averages its own way); returned with the
+    window's `marginals(θ)` (q's means and variances), the merged average and its `is_valid`
+    (in the program: evaluated op by op, it would compile each operation).
 
     The average is kept as θ₀ (its first window's) plus the average of θ − θ₀, so that float32
     rounding scales with the iterates' spread, not with θ: merged as one θ, each window's
@@ -714,7 +707,7 @@ def fit(
             the cheapest step; with a fixed `step_size` or a schedule).
         max_num_samples: the most draws per step while settled windows are averaged towards
             `mcse`: each window that leaves the average's error above it doubles the draws of
-            the next, up to this multiple of `num_samples` (default 8 × `num_samples`;
+            the next, up to this (a multiple of `num_samples`; default 8 × `num_samples`;
             `num_samples` keeps them fixed), while the draws still quieten the windows
             (`draws_quieten`). The average reaches `mcse` for about the same number of draws
             either way, and with less of the bias that estimates from few draws have
