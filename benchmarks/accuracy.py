@@ -3,11 +3,13 @@ the reference posterior.
 
 For each model and Gaussian family (full covariance, mean field), over the unconstrained latents:
 
-- q*, the family's optimum: vingd with many draws per step in float64 (a burn-in with adaptive
-  ρ, then the Polyak average of θ over `window` steps at a fixed ρ; mean field takes its
-  exact Hessians at a quarter of those draws, as `fit` does), from two seeds: q* is their
-  mean, their difference its own error. float64 because float32 natural parameters cannot
-  hold diamonds' q* (cond Λ ≈ 3.5e5: rounding θ* to float32 moves its mean by 0.15 sd);
+- q*, the family's optimum: exact where the model's ELBO for Gaussian q is closed up to 1-D
+  quadrature (eight schools, logistic regression: `vingd_models.optima`; the many-draw q* of
+  earlier rounds was 0.019 sd off in eight schools' mean-field log τ). Else (diamonds) vingd
+  with many draws per step in float64 (a burn-in with adaptive ρ, then the Polyak average of θ
+  over `window` steps at a fixed ρ), from two seeds: q* is their mean, their difference its
+  own error. float64 because float32 natural parameters cannot hold diamonds' q* (cond
+  Λ ≈ 3.5e5: rounding θ* to float32 moves its mean by 0.15 sd);
 - vingd's default fit (`vingd.fit`: 16 draws, adaptive ρ, its stopping rule and averaging to
   `mcse=0.02`), and one averaged to `mcse=0.005` (up to 2,000 steps), from `--seeds` seeds:
   the median and the worst;
@@ -47,6 +49,7 @@ import vingd
 import vingd_models
 from vingd.compare import GUIDES, Method, _run_adam, _shared_start, reference_moments
 from vingd.log_joint import LogJoint
+from vingd_models.optima import exact_optimum
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
@@ -58,13 +61,7 @@ SUITE = {
     "diamonds-diamonds": ("mvn",),
 }
 #: q*'s many-draw fit per model: draws per step, adaptive burn-in steps, fixed ρ, averaged steps
-OPTIMUM = {
-    "eight_schools-eight_schools_noncentered": dict(
-        num_samples=1024, burn=100, rho=0.3, window=200
-    ),
-    "breast_cancer_logistic": dict(num_samples=512, burn=100, rho=0.3, window=200),
-    "diamonds-diamonds": dict(num_samples=256, burn=30, rho=0.5, window=60),
-}
+OPTIMUM = {"diamonds-diamonds": dict(num_samples=256, burn=30, rho=0.5, window=60)}
 #: vingd's fits: the defaults, and averaged to a tighter Monte Carlo error
 VINGD = {"default": {}, "mcse=0.005": dict(mcse=0.005, num_steps=2000)}
 ADAM_STEPS = 10_000  # as benchmarks/run.py
@@ -194,16 +191,34 @@ def _optimum_child(name, family, out):
              sd_apart=np.abs(ratio - 1).max())  # fmt: skip
 
 
-def optimum(name, family):
-    """q* for `name`'s `family` (mean, tril, seeds' max mean difference, sd difference)."""
+def optimum(name, family, order, dim):
+    """q* for `name`'s `family` over the latent laid out as `order` (mean, tril), and how it
+    was made: exact where the model's Gaussian ELBO is closed (`vingd_models.optima`), else
+    the many-draw fit (`OPTIMUM`) in a float64 child process."""
+    example = vingd_models.get(name)
+    if example.gaussian_elbo is not None:
+
+        def unpack(x):
+            return {site: x[at] for site, at in order.items()}
+
+        mean, cov = exact_optimum(example, family, unpack, dim)
+        how = "exact: the closed-form ELBO's maximiser (Gauss–Hermite, L-BFGS in float64)"
+        return mean, np.linalg.cholesky(cov), how
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "optimum.npz"
         env = {**os.environ, "JAX_ENABLE_X64": "1"}
         subprocess.run(
             [sys.executable, __file__, "--optimum", name, family, str(out)], env=env, check=True
         )
+        settings = OPTIMUM[name]
         with np.load(out) as q:
-            return q["mean"], q["tril"], float(q["seeds_apart"]), float(q["sd_apart"])
+            how = (
+                f"{settings['num_samples']} draws per step, {settings['burn']} adaptive steps, "
+                f"then ρ = {settings['rho']} averaged over {settings['window']} steps (float64); "
+                f"its two seeds differ by {float(q['seeds_apart']):.4f} sd in the mean and "
+                f"{float(q['sd_apart']):.4f} in sd ratio"
+            )
+            return q["mean"], q["tril"], how
 
 
 # -- the competitors ----------------------------------------------------------------------------
@@ -260,7 +275,7 @@ def run_family(name, family, example, scorer, order, dim, seeds):
     args, kwargs = example.load()
     model = example.model
     start = time.perf_counter()
-    mean_opt, tril_opt, apart, sd_apart = optimum(name, family)
+    mean_opt, tril_opt, how = optimum(name, family, order, dim)
     opt = (mean_opt, tril_opt)
     elbo_opt = scorer.elbo(*opt)
     rows = [score_row("family optimum q*", "—", [opt], scorer, opt, elbo_opt)]
@@ -301,7 +316,7 @@ def run_family(name, family, example, scorer, order, dim, seeds):
         row["method"] += f", not converged (ELBO > {CONVERGED} nat below q*)"
     rows.append(row)
     seconds = time.perf_counter() - start
-    return rows, elbo_opt, apart, sd_apart, seconds
+    return rows, elbo_opt, how, seconds
 
 
 def _count(steps) -> str:
@@ -372,19 +387,13 @@ def main(argv=None) -> int:
         source = "posteriordb" if example.reference is not None else "NUTS, 2,000 draws"
         for family in SUITE[name]:
             print(f"{name} {family}", flush=True)
-            rows, elbo_opt, apart, sd_apart, seconds = run_family(
+            rows, elbo_opt, how, seconds = run_family(
                 name, family, example, scorer, order, dim, args.seeds
             )
-            settings = OPTIMUM[name]
             lines.append(summary(name, family, rows))
             sections.append(
                 f"### {name}, {family}\n\n{example.description}. Reference: {source}. "
-                f"q*: ELBO {elbo_opt:.3f}; {settings['num_samples']} draws per step, "
-                f"{settings['burn']} adaptive steps, then ρ = {settings['rho']} averaged over "
-                f"{settings['window']} steps (float64); its two seeds differ by {apart:.4f} sd "
-                f"in the mean and {sd_apart:.4f} in sd ratio. ({seconds:.0f} s)\n\n"
-                + table(rows)
-                + "\n"
+                f"q*: ELBO {elbo_opt:.3f}; {how}. ({seconds:.0f} s)\n\n" + table(rows) + "\n"
             )
     device = jax.devices()[0].device_kind
     report = (

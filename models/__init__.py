@@ -24,6 +24,7 @@ from . import (
     stan_regressions,
     time_series,
 )
+from .optima import GaussianELBO
 from .posteriordb import reference_draws
 from .references import GaussianPosterior
 
@@ -34,7 +35,9 @@ class ExampleModel:
 
     `reference()`, when not None, returns the posterior to judge a fit against (see
     `vingd_models.references`): draws, a dict site -> array `(num_draws, *site_shape)` in
-    constrained space, or an exact `GaussianPosterior`.
+    constrained space, or an exact `GaussianPosterior`. `gaussian_elbo`, when not None, is the
+    ELBO of Gaussian q in closed form (up to 1-D quadrature): the Gaussian families' exact
+    optimum (`vingd_models.optima`).
     """
 
     name: str
@@ -42,10 +45,12 @@ class ExampleModel:
     model: Callable
     load: Callable[[], tuple[tuple, dict]]
     reference: Callable[[], dict | GaussianPosterior] | None = None
+    gaussian_elbo: GaussianELBO | None = None
 
 
-def _posteriordb(name, description, model, load):
-    return ExampleModel(name, description, model, load, functools.partial(reference_draws, name))
+def _posteriordb(name, description, model, load, gaussian_elbo=None):
+    reference = functools.partial(reference_draws, name)
+    return ExampleModel(name, description, model, load, reference, gaussian_elbo)
 
 
 _OWN = [
@@ -61,6 +66,7 @@ _OWN = [
         "Logistic regression, Wisconsin diagnostic breast cancer (569 x 30, standardised)",
         logistic_regression.model,
         logistic_regression.load,
+        gaussian_elbo=logistic_regression.GAUSSIAN_ELBO,
     ),
     ExampleModel(
         "randhie_negative_binomial",
@@ -88,6 +94,7 @@ _POSTERIORDB = [
         "Eight schools, hierarchical normal, non-centred (posteriordb)",
         eight_schools.model,
         eight_schools.load,
+        eight_schools.GAUSSIAN_ELBO,
     ),
     _posteriordb(
         "diamonds-diamonds",
