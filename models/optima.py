@@ -1,12 +1,13 @@
 """The Gaussian families' exact optimum q* for models whose ELBO is closed up to 1-D quadrature.
 
 For q = N(m, S) over a model's unconstrained latents, E_q[log p(z)] of some models is a sum of
-Gaussian moments and of expectations of one-dimensional functions of a Gaussian projection of
-z (a logistic likelihood's log σ(xᵀz); a half-Cauchy prior's log(1 + e^{2u}/s²)), which
-Gauss–Hermite quadrature evaluates to rounding for smooth integrands. The ELBO is then a
-deterministic function of (m, S); maximised by L-BFGS in float64 it gives q* of the
-full-covariance and mean-field families with no Monte Carlo error: a reference for a VI fit's
-accuracy that does not share its noise.
+Gaussian moments and of expectations of one-dimensional functions of a Gaussian projection of z
+(a logistic likelihood's log σ(xᵀz); a half-Cauchy prior's log(1 + e^{2u}/s²)), which
+Gauss–Hermite quadrature evaluates (`NODES` nodes: at the logistic regression's q*, whose logits
+have sds up to ~12, twice as many move the ELBO by < 1e-6 nats and the means by < 1e-5 sd; eight
+schools' terms are exact to rounding). The ELBO is then a deterministic function of (m, S);
+maximised by L-BFGS in float64 it gives q* of the full-covariance and mean-field families with
+no Monte Carlo error: a reference for a VI fit's accuracy that does not share its noise.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import numpy as np
 from scipy.optimize import minimize
 
 #: Gauss–Hermite nodes (probabilists'): exact for polynomials of degree < 2·NODES
-NODES = 64
+NODES = 128
 _X, _W = np.polynomial.hermite_e.hermegauss(NODES)
 _W = _W / _W.sum()
 
@@ -58,13 +59,13 @@ def optimum(spec: GaussianELBO, dim: int, args, kwargs, family: str, tol: float 
     if family not in ("mvn", "meanfield"):
         raise ValueError(f"family must be 'mvn' or 'meanfield', got {family!r}.")
     rows, cols = np.tril_indices(dim)
-    diagonal = rows == cols
+    diagonal = np.flatnonzero(rows == cols)
 
     def moments(x):
         m, rest = x[:dim], x[dim:]
         if family == "meanfield":
             return m, jnp.diag(jnp.exp(2 * rest))
-        factor = jnp.where(diagonal, jnp.exp(rest), rest)
+        factor = rest.at[diagonal].set(jnp.exp(rest[diagonal]))
         L = jnp.zeros((dim, dim), x.dtype).at[rows, cols].set(factor)
         return m, L @ L.T
 
@@ -90,7 +91,13 @@ def positions(spec: GaussianELBO, unpack, dim: int) -> np.ndarray:
     """Where `spec`'s layout lies in a guide's flat latent of size `dim` whose `unpack` maps it
     to a dict of sites: position i of the layout is entry positions[i] of the guide's."""
     index = unpack(np.arange(dim, dtype=float))
-    return np.concatenate([np.asarray(index[s]).astype(int).ravel() for s in spec.sites])
+    at = np.concatenate([np.asarray(index[s]).astype(int).ravel() for s in spec.sites])
+    if not np.array_equal(np.sort(at), np.arange(dim)):
+        raise ValueError(
+            f"the sites {spec.sites} do not lay out the guide's {dim} latent entries one to one "
+            f"(they cover {at.size}); the model's latent sites must be exactly these."
+        )
+    return at
 
 
 def exact_optimum(example, family: str, unpack, dim: int) -> tuple[np.ndarray, np.ndarray]:
