@@ -140,7 +140,7 @@ def test_tidy_outputs(comparison):
 
 
 def test_plots(comparison, tmp_path):
-    traces = plots.plot_traces(comparison.traces, comparison.best_elbo)
+    traces = plots.plot_traces(comparison.traces, comparison.family_best)
     assert isinstance(traces, Figure) and len(traces.axes) == 2
     forest = plots.plot_forest(comparison)
     labels = [t.get_text() for t in forest.axes[0].get_yticklabels()]
@@ -215,3 +215,17 @@ def test_smoothing_keeps_length_and_constants():
     assert out.shape == trace.shape
     np.testing.assert_allclose(out[:98], 0) and np.testing.assert_allclose(out[102:], 1)
     np.testing.assert_allclose(smoothed(np.full(7, 3.0)), 3.0)
+
+
+def test_steps_to_one_nat_count_to_the_best_of_the_same_guide_family(comparison):
+    """Each guide family has an optimum of its own (mean field's below full covariance's): a
+    method's steps to 1 nat count to the best final ELBO of its family."""
+    results = by_name(comparison)
+    mean_field, exact = results[MEAN_FIELD], results[EXACT]
+    best = comparison.family_best
+    assert best[EXACT] == exact.elbo == comparison.best_elbo > mean_field.elbo
+    assert best[MEAN_FIELD] == best[SHORT_ADAM] == mean_field.elbo
+    for name in (MEAN_FIELD, SHORT_ADAM):
+        r = results[name]
+        assert r.steps_to_best == steps_to_within(r.losses, r.elbo, mean_field.elbo)
+    assert mean_field.steps_to_best is not None and results[SHORT_ADAM].steps_to_best is None

@@ -100,7 +100,8 @@ def _report(example, comparison, figures, num_draws: int) -> str:
         f"Every method starts from the same point (a prior median, scale 0.1) with the same key. "
         f"Final ELBO ± standard error from {num_draws} draws of each fitted q; compile time is "
         f"apart from run time; *to {WITHIN:g} nat* is the first step (and run second) at which "
-        f"the smoothed ELBO trace comes within {WITHIN:g} nat of the best final ELBO. PSIS k̂ "
+        f"the smoothed ELBO trace comes within {WITHIN:g} nat of the best final ELBO of its "
+        "guide family (full covariance and mean field each have their own optimum). PSIS k̂ "
         "< 0.5 is good, < 0.7 ok, else unreliable (Yao et al. 2018)."
     )
     if comparison.results[0].mean_error is not None:
@@ -144,7 +145,7 @@ def cmd_compare(args) -> None:
     )
     print(comparison.to_markdown())
     if out is not None:
-        figures = {"traces.png": plots.plot_traces(comparison.traces, comparison.best_elbo)}
+        figures = {"traces.png": plots.plot_traces(comparison.traces, comparison.family_best)}
         if reference is not None:
             figures["forest.png"] = plots.plot_forest(comparison)
         for name, figure in figures.items():

@@ -16,17 +16,21 @@ from vingd.compare import WITHIN, Comparison, smoothed
 FLOOR = 1e-2
 
 
-def plot_traces(traces: Mapping[str, tuple[np.ndarray, np.ndarray]], best: float) -> Figure:
+def plot_traces(
+    traces: Mapping[str, tuple[np.ndarray, np.ndarray]], best: float | Mapping[str, float]
+) -> Figure:
     """The gap `best` − ELBO (smoothed) against steps and against wall seconds, log–log.
 
     Args:
         traces: name -> (ELBO per step, wall seconds at each step), e.g. `Comparison.traces`.
-        best: the ELBO to measure gaps from, e.g. `Comparison.best_elbo`.
+        best: the ELBO to measure gaps from, or name -> each trace's, e.g.
+            `Comparison.family_best` (each method's gap to its guide family's best).
     """
     figure = Figure(figsize=(11, 5 + 0.1 * len(traces)), layout="constrained")
     by_steps, by_seconds = figure.subplots(1, 2, sharey=True)
     for name, (elbo_trace, seconds) in traces.items():
-        gap = np.maximum(best - smoothed(np.asarray(elbo_trace)), FLOOR)
+        target = best[name] if isinstance(best, Mapping) else best
+        gap = np.maximum(target - smoothed(np.asarray(elbo_trace)), FLOOR)
         by_steps.plot(np.arange(1, len(gap) + 1), gap, label=name)
         by_seconds.plot(seconds, gap)
     for axes, label in ((by_steps, "step"), (by_seconds, "wall seconds (compile excluded)")):
