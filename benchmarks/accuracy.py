@@ -4,8 +4,8 @@ the reference posterior.
 For each model and Gaussian family (full covariance, mean field), over the unconstrained latents:
 
 - q*, the family's optimum: exact where the model's ELBO for Gaussian q is closed up to 1-D
-  quadrature (eight schools, logistic regression: `vingd_models.optima`; the many-draw q* of
-  earlier rounds was 0.019 sd off in eight schools' mean-field log τ). Else (diamonds) vingd
+  quadrature (all three here: `vingd_models.optima`; the many-draw q* of earlier rounds was
+  0.019 sd off in eight schools' mean-field log τ, 0.0005 on diamonds). Else vingd
   with many draws per step in float64 (a burn-in with adaptive ρ, then the Polyak average of θ
   over `window` steps at a fixed ρ), from two seeds: q* is their mean, their difference its
   own error. float64 because float32 natural parameters cannot hold diamonds' q* (cond
@@ -208,7 +208,7 @@ def optimum(name, family, order, dim):
             return {site: x[at] for site, at in order.items()}
 
         mean, cov = exact_optimum(example, family, unpack, dim)
-        how = "exact: the closed-form ELBO's maximiser (Gauss–Hermite, L-BFGS in float64)"
+        how = "exact: the closed-form ELBO's maximiser (Gauss–Hermite, Newton in float64)"
         return mean, np.linalg.cholesky(cov), how
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "optimum.npz"

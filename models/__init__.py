@@ -101,6 +101,7 @@ _POSTERIORDB = [
         "Log-price regression, 24 highly correlated predictors, 5,000 diamonds (posteriordb)",
         stan_regressions.diamonds,
         stan_regressions.load_diamonds,
+        stan_regressions.DIAMONDS_ELBO,
     ),
     _posteriordb(
         "kidiq-kidscore_momiq",
