@@ -49,7 +49,7 @@ import vingd
 import vingd_models
 from vingd.compare import GUIDES, Method, _run_adam, _shared_start, reference_moments
 from vingd.log_joint import LogJoint
-from vingd_models.optima import exact_optimum
+from vingd_models.optima import optimum as optimum_of
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
@@ -202,12 +202,12 @@ def optimum(name, family, order, dim):
     was made: exact where the model's Gaussian ELBO is closed (`vingd_models.optima`), else
     the many-draw fit (`OPTIMUM`) in a float64 child process."""
     example = vingd_models.get(name)
-    if example.gaussian_elbo is not None:
-
-        def unpack(x):
-            return {site: x[at] for site, at in order.items()}
-
-        mean, cov = exact_optimum(example, family, unpack, dim)
+    spec = example.gaussian_elbo
+    if spec is not None:
+        args, kwargs = example.load()
+        at = np.concatenate([order[site] for site in spec.sites])
+        mean, cov = np.empty(dim), np.empty((dim, dim))
+        mean[at], cov[np.ix_(at, at)] = optimum_of(spec, dim, args, kwargs, family)
         how = "exact: the closed-form ELBO's maximiser (Gauss–Hermite, Newton in float64)"
         return mean, np.linalg.cholesky(cov), how
     with tempfile.TemporaryDirectory() as tmp:
