@@ -21,7 +21,9 @@ Scores: the ELBO below q*'s, in nats, with common random numbers (the same 8,192
 draws for every q of a model, so small differences are resolved); the largest
 |E_q − E_q*| / sd_q* over latents and the range of sd_q / sd_q* (exact Gaussian moments); the
 same in constrained space against the reference (posteriordb's Stan draws, or NUTS as in
-`benchmarks/run.py`), from 20,000 draws of each q with common base noise (±0.01 or so).
+`benchmarks/run.py`), from 20,000 draws of each q with common base noise (±0.01 or so). For
+vingd's fits also the calibration of `FitResult.mcse`: the RMS over latents of the means' errors
+against q* (in sds) divided by it, 1 where the fit's estimate of its own error is right.
 
     .venv/bin/python benchmarks/accuracy.py [--models NAME ...] [--seeds N] [--out FILE]
 """
@@ -241,13 +243,17 @@ def adam_converged(model, guide, args, kwargs, rng_key, num_steps):
     return svi.get_params(state)
 
 
-def score_row(label, steps, fits, scorer, opt, elbo_opt):
-    """A table row: the scores of each (mean, tril) in `fits` (one, or one per seed)."""
-    gaps, errors, ratios, ref_errors, ref_ratios = [], [], [], [], []
-    for mean, tril in fits:
+def score_row(label, steps, fits, scorer, opt, elbo_opt, mcses=None):
+    """A table row: the scores of each (mean, tril) in `fits` (one, or one per seed); with the
+    fits' reported `mcses`, their calibration: the RMS over latents of the mean's error against
+    q*, in sds, divided by the fit's `FitResult.mcse` (the same measure; 1 when it is right)."""
+    gaps, errors, ratios, ref_errors, ref_ratios, calibration = [], [], [], [], [], []
+    for i, (mean, tril) in enumerate(fits):
         gaps.append(elbo_opt - scorer.elbo(mean, tril))
         error, ratio = standardised(mean, tril, *opt)
         errors.append(np.abs(error).max())
+        if mcses is not None:
+            calibration.append(float(np.sqrt(np.mean(error**2))) / mcses[i])
         ratios.append((ratio.min(), ratio.max()))
         ref = scorer.against_reference(mean, tril)
         if ref is not None:
@@ -271,7 +277,8 @@ def score_row(label, steps, fits, scorer, opt, elbo_opt):
         "sd_ratio": span(ratios),
         "ref_error": cell(ref_errors, ".3f") if ref_errors else "—",
         "ref_sd_ratio": span(ref_ratios) if ref_ratios else "—",
-        "raw": dict(gap=gaps, error=errors, ref_error=ref_errors),
+        "calibration": cell(calibration, ".2f") if calibration else "—",
+        "raw": dict(gap=gaps, error=errors, ref_error=ref_errors, calibration=calibration),
     }
     print(f"  {label}: {json.dumps({k: v for k, v in row.items() if k != 'raw'})}", flush=True)
     return row
@@ -302,7 +309,7 @@ def run_family(name, family, example, scorer, order, dim, seeds):
             errors.append(result.mcse)
         label = f"vingd {what} (its mcse {np.median(errors):.3f}), median (worst) of {seeds} seeds"
         steps_cell = f"{int(np.median(steps))} ({min(steps)}–{max(steps)})"
-        rows.append(score_row(label, steps_cell, fits, scorer, opt, elbo_opt))
+        rows.append(score_row(label, steps_cell, fits, scorer, opt, elbo_opt, errors))
     # SVI + Adam as benchmarks/run.py runs it: compare()'s start and fit keys
     start_key, fit_key, _ = jax.random.split(jax.random.PRNGKey(0), 3)
     init = _shared_start(model, args, kwargs, start_key)
@@ -334,12 +341,13 @@ def _count(steps) -> str:
 def table(rows) -> str:
     head = (
         "| method | steps | ELBO below q* (nats) | max \\|mean error\\| vs q* (sd) | sd / sd q* "
-        "| max \\|mean error\\| vs reference (sd) | sd / sd reference |\n"
-        "|---|---:|---:|---:|---:|---:|---:|"
+        "| max \\|mean error\\| vs reference (sd) | sd / sd reference "
+        "| RMS error vs q* ÷ its mcse |\n"
+        "|---|---:|---:|---:|---:|---:|---:|---:|"
     )
     lines = [
         f"| {r['method']} | {_count(r['steps'])} | {r['elbo_gap']} | {r['error']} "
-        f"| {r['sd_ratio']} | {r['ref_error']} | {r['ref_sd_ratio']} |"
+        f"| {r['sd_ratio']} | {r['ref_error']} | {r['ref_sd_ratio']} | {r['calibration']} |"
         for r in rows
     ]
     return head + "\n" + "\n".join(lines)

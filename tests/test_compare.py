@@ -54,8 +54,7 @@ def comparison(conjugate):
         Method("vingd", "meanfield", 300),
         Method("vingd", "mvn", 10, step_size=1.0),  # exact after one step
     ]
-    clear_cache()  # (compile seconds are checked: not a program another test compiled)
-    return compare(
+    return compare(  # (cold compiles: compile seconds are checked, on programs of their own)
         linear_regression,
         conjugate.X,
         conjugate.y,
@@ -109,8 +108,23 @@ def test_steps_and_seconds_to_within_one_nat(comparison):
     assert results[SHORT_ADAM].seconds_to_best is None
     for r in comparison.results:
         assert len(r.elbo_trace) == len(r.seconds) == len(r.losses)
-        assert np.all(np.diff(r.seconds) > 0) and r.seconds[-1] == pytest.approx(r.run_seconds)
+        assert np.all(np.diff(r.seconds) > 0) and 0 < r.seconds[-1] <= r.run_seconds
+        if r.method.engine == "adam":  # (one scan of equal steps)
+            assert r.seconds[-1] == pytest.approx(r.run_seconds)
         assert r.compile_seconds > 0
+
+
+@pytest.mark.parametrize("cold", [True, False])
+def test_cold_compiles_compile_every_method_as_in_a_fresh_process(conjugate, cold):
+    method = Method("vingd", "mvn", 10, step_size=1.0)
+    clear_cache()
+    results = compare(
+        linear_regression, conjugate.X, conjugate.y, methods=[method, method],
+        num_draws=NUM_DRAWS, cold_compiles=cold,
+    ).results  # fmt: skip
+    assert results[0].compile_seconds > 0
+    # warm, the second finds the first's program (vingd's cache), cold it compiles its own
+    assert (results[1].compile_seconds > 0) == cold
 
 
 def test_steps_to_within_one_nat_count_where_the_result_gets_there():

@@ -18,6 +18,7 @@ from numpyro.infer.autoguide import AutoMultivariateNormal
 import vingd
 import vingd_models
 from vingd.compare import _shared_start
+from vingd.infer import chunk_step_seconds
 
 
 def test_mvn_one_step_is_exact(conjugate, rng_key):
@@ -305,9 +306,17 @@ def test_adaptive_step_grows_to_one_and_stops_early_on_a_conjugate_model(conjuga
     assert result.converged and result.averaged and result.num_steps < 1000
     assert result.step_sizes[0] == guide.default_step_size and result.step_sizes.max() == 1.0
     assert result.losses.shape == result.step_sizes.shape == (result.num_steps,)
+    assert result.step_seconds.shape == (result.num_steps,)
+    assert np.all(np.diff(result.step_seconds) > 0)
+    assert 0 < result.step_seconds[0] and result.step_seconds[-1] <= result.run_seconds
     posterior = guide.get_posterior(result.params)
     order = [1, 2, 3, 0]
     np.testing.assert_allclose(posterior.loc, conjugate.mean[order], atol=1e-6)
+
+
+def test_chunk_step_seconds_spread_each_chunks_time_over_its_steps():
+    seconds = chunk_step_seconds([1.0, 3.0, 3.5], [2, 4, 1])
+    np.testing.assert_allclose(seconds, [0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5])
 
 
 def test_averaging_reduces_monte_carlo_jitter_of_the_last_iterate(rng_key):

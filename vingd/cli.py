@@ -13,7 +13,7 @@ import jax
 
 import vingd_models
 from vingd import diagnostics, plots
-from vingd.compare import GUIDES, WITHIN, compare, default_methods, step_seconds
+from vingd.compare import GUIDES, WITHIN, compare, default_methods
 from vingd.estimators import ESTIMATORS, works_with
 from vingd.infer import fit
 
@@ -89,7 +89,7 @@ def cmd_fit(args) -> None:
     if out is not None:
         tree.to_netcdf(out / "posterior.nc")
         summary.to_csv(out / "summary.csv", index_label="variable")
-        trace = (-result.losses, step_seconds(result.run_seconds, len(result.losses)))
+        trace = (-result.losses, result.step_seconds)
         plots.plot_traces({type(guide).__name__: trace}, info["elbo"]).savefig(out / "elbo.png")
         diagnostics.save_forest(tree, out / "forest.png")
         print(f"Wrote posterior.nc (ArviZ DataTree), summary.csv, elbo.png, forest.png to {out}/")

@@ -43,7 +43,7 @@ from numpyro.infer.initialization import init_to_median, init_to_value
 from vingd.diagnostics import MIN_DRAWS, PSIS, Draws, draw, verdict
 from vingd.estimators import get_estimator
 from vingd.guides import AutoNaturalLowRankMVN, AutoNaturalMVN, AutoNaturalNormal
-from vingd.infer import fit
+from vingd.infer import clear_cache, fit
 from vingd.optim import validate_step_size
 from vingd.validation import as_rng_key, is_integer, is_real, trace_model
 
@@ -140,7 +140,8 @@ def smoothed(trace: np.ndarray) -> np.ndarray:
 
 
 def step_seconds(run_seconds: float, num_steps: int) -> np.ndarray:
-    """Wall seconds at the end of each step of one compiled run (steps cost the same)."""
+    """Wall seconds at the end of each step of one compiled run of equal steps (Adam's
+    `lax.scan`)."""
     return run_seconds * np.arange(1, num_steps + 1) / num_steps
 
 
@@ -154,6 +155,7 @@ class MethodResult:
     losses: np.ndarray
     compile_seconds: float
     run_seconds: float
+    seconds: np.ndarray  # wall seconds at the end of each step (`FitResult.step_seconds`)
     elbo: float  # from `num_draws` draws
     elbo_se: float
     khat: float  # PSIS
@@ -171,10 +173,6 @@ class MethodResult:
     @property
     def elbo_trace(self) -> np.ndarray:
         return -np.asarray(self.losses)
-
-    @property
-    def seconds(self) -> np.ndarray:
-        return step_seconds(self.run_seconds, len(self.losses))
 
     def row(self) -> dict:
         """This result as one row of scalars (None where not available)."""
@@ -351,6 +349,7 @@ class _Run(NamedTuple):
     losses: np.ndarray
     compile_seconds: float
     run_seconds: float
+    seconds: np.ndarray  # at the end of each step
 
 
 def _run_vingd(model, method, guide, args, kwargs, rng_key) -> _Run:
@@ -369,7 +368,9 @@ def _run_vingd(model, method, guide, args, kwargs, rng_key) -> _Run:
 
     compile_seconds = run().compile_seconds
     result = run()  # the same fit, on the loaded program
-    return _Run(result.params, result.losses, compile_seconds, result.run_seconds)
+    return _Run(
+        result.params, result.losses, compile_seconds, result.run_seconds, result.step_seconds
+    )
 
 
 def _run_adam(model, method, guide, args, kwargs, rng_key) -> _Run:
@@ -388,7 +389,8 @@ def _run_adam(model, method, guide, args, kwargs, rng_key) -> _Run:
     start = time.perf_counter()
     state, losses = jax.block_until_ready(compiled(state))
     run_seconds = time.perf_counter() - start
-    return _Run(svi.get_params(state), losses, compile_seconds, run_seconds)
+    seconds = step_seconds(run_seconds, method.num_steps)
+    return _Run(svi.get_params(state), losses, compile_seconds, run_seconds, seconds)
 
 
 def steps_to_within(losses, elbo: float, best: float) -> int | None:
@@ -415,9 +417,7 @@ def _score(method, guide, run: _Run, draws: Draws, *, best: float, moments) -> M
     losses = np.asarray(run.losses)
     elbo, elbo_se = draws.elbo
     steps = steps_to_within(losses, elbo, best)
-    seconds = (
-        None if steps is None else float(step_seconds(run.run_seconds, len(losses))[steps - 1])
-    )
+    seconds = None if steps is None else float(run.seconds[steps - 1])
     mean_error = sd_ratio = None
     if moments is not None:
         q = draws.posterior
@@ -430,6 +430,7 @@ def _score(method, guide, run: _Run, draws: Draws, *, best: float, moments) -> M
         losses=losses,
         compile_seconds=run.compile_seconds,
         run_seconds=run.run_seconds,
+        seconds=run.seconds,
         elbo=elbo,
         elbo_se=elbo_se,
         khat=PSIS.from_draws(draws).khat,
@@ -450,6 +451,7 @@ def compare(
     reference=None,
     rng_key=None,
     num_draws: int = 2000,
+    cold_compiles: bool = True,
     **kwargs,
 ) -> Comparison:
     """Fit `model(*args, **kwargs)` with each method, from one start and one key, and score them.
@@ -461,6 +463,11 @@ def compare(
             of every site it covers.
         rng_key: a `jax.random` key (default `PRNGKey(0)`).
         num_draws: draws from each fitted q, for its final ELBO, PSIS k̂ and accuracy.
+        cold_compiles: empty JAX's caches (`jax.clear_caches`, and `vingd.clear_cache`)
+            before each method, so that each compiles as in a fresh process. Else a method
+            compiled after another finds the jitted helpers they share (JAX's and NumPyro's:
+            draws, Cholesky, transforms) traced already, ~1 s of a small model's compile, and
+            the order of `methods` decides who pays it. It empties the caller's caches too.
     """
     methods = default_methods() if methods is None else tuple(methods)
     if not methods or not all(isinstance(m, Method) for m in methods):
@@ -474,6 +481,9 @@ def compare(
 
     fits = []
     for method in methods:
+        if cold_compiles:
+            jax.clear_caches()
+            clear_cache()
         guide = method.guide(model, init_loc_fn)
         run = _RUNNERS[method.engine](model, method, guide, args, kwargs, fit_key)
         draws = draw(

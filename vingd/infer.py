@@ -198,6 +198,9 @@ class FitResult:
     estimator: str
     compile_seconds: float  # 0.0 when the compiled chunk was reused
     run_seconds: float
+    # wall seconds from the start of the run to the end of each step taken: a chunk's steps
+    # share its time (its dispatch, run and the host's verdict on the chunk before) evenly
+    step_seconds: np.ndarray
 
 
 #: `FitConfig.step_size` for a constant ρ: its value rides in `FitState.step_size` (traced), so
@@ -929,7 +932,7 @@ def _run_fit(
     run, compile_seconds = _compiled(
         run_chunk, (state, arrays, cap), config=config, static=static, **settings
     )
-    chunks, verdict = [], "improving"
+    chunks, ends, verdict = [], [], "improving"  # (`ends`: seconds at each chunk's return)
     # settled: each window is averaged in, and `shifts` has the marginal shift of each window
     # in the average from the window before; `sizes` the batches of draws of each window's
     # steps, from the window before the first
@@ -964,6 +967,7 @@ def _run_fit(
             window_batches = last_batches = batches
             taken = int(state.count) - before
             chunks.append(jax.tree.map(lambda x, n=taken: np.asarray(x)[:n], stats))
+            ends.append(time.perf_counter() - start)
             bar.update(taken)
             loss = f"{float(np.mean(chunks[-1].loss)):.7g}"
             bar.set_postfix(loss=loss)
@@ -1128,6 +1132,17 @@ def _run_fit(
         estimator=config.estimator,
         compile_seconds=compile_seconds,
         run_seconds=run_seconds,
+        step_seconds=chunk_step_seconds(ends, [c.loss.size for c in chunks]),
+    )
+
+
+def chunk_step_seconds(ends, sizes) -> np.ndarray:
+    """Seconds at the end of each step of chunks of `sizes` steps returned at `ends` seconds
+    (from 0): each chunk's steps share the time since the one before evenly."""
+    starts = [0.0, *ends[:-1]]
+    spans = zip(starts, ends, sizes, strict=True)
+    return np.concatenate(
+        [np.zeros(0)] + [a + (b - a) * np.arange(1, n + 1) / n for a, b, n in spans]
     )
 
 
