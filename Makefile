@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-slow lint format bench bench-posteriordb bench-cost bench-native bench-wall bench-accuracy clean
+.PHONY: setup demo test test-slow lint format bench bench-posteriordb bench-cost bench-native bench-wall bench-accuracy bench-compile clean
 
 setup: $(STAMP)
 
@@ -47,6 +47,9 @@ bench-wall: setup
 
 bench-accuracy: setup
 	$(PY) benchmarks/accuracy.py
+
+bench-compile: setup
+	$(PY) benchmarks/compile_floor.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
