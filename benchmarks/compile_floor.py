@@ -103,7 +103,7 @@ def programs(model, args, kwargs):
 
 
 def vingd_compile_seconds(model, args, kwargs) -> float:
-    vingd.infer.clear_cache()
+    vingd.clear_cache()
     jax.clear_caches()
     guide = vingd.AutoNaturalMVN(model)
     return vingd.fit(

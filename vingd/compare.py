@@ -5,8 +5,8 @@ Per `Method`, `compare` reports:
 - the ELBO trace (−loss per step) against steps and against wall seconds. Compilation is timed
   apart (`vingd.fit` reports it; Adam's `lax.scan` of `SVI.update` is compiled ahead of time),
   the run is timed on a second, warm run of the compiled program (an executable's first run
-  also loads it: 1–12 ms here, as long as a small model's whole vingd fit), and the steps of a
-  run share its wall time evenly;
+  also loads it: 1–12 ms here, as long as a small model's whole vingd fit); vingd's steps share
+  each chunk's wall time (`FitResult.step_seconds`), Adam's the time of its one scan;
 - the final ELBO, E_q[log p(y, z) − log q(z)], from many draws z ~ q and its standard error;
 - the steps and seconds until the trace, smoothed by a centred moving average, first comes
   within 1 nat of the best final ELBO of the methods with its guide family (None for a method
